@@ -1,0 +1,549 @@
+"""Activation capture: run batches through a model with hooks on neuron sites.
+
+Everything that reads neuron activations builds on :func:`capture`. It tokenises and
+batches the data, runs each batch with forward hooks on the chosen sites, selects the
+chosen token positions, and hands every (site, batch) pair to a *reduction callback*
+before the next site runs, so nothing forces all activations to be kept: memory is one
+batch's activations of one site, plus whatever the callback keeps (a running sum, a
+counter...). With ``grads=True`` it also computes the gradient of an objective with
+respect to each site's activations and hands both together.
+
+Token positions (``positions=``) are objects:
+
+* :class:`AllTokens` - every non-padding token (soft-prompt positions included or not);
+* :class:`PromptTokens` - the soft-prompt positions ``0 .. p-1``;
+* :class:`PositionRange` - any fixed range of positions of the full sequence;
+* :class:`MaskToken` - the mask token of each example;
+* :class:`LastToken` - the last non-padding token of each example.
+
+Positions index the full sequence the model sees (soft prompt first). Sites on a T5
+decoder stack see the decoder sequence (the decoder start token), and always read all
+of its positions.
+
+For notebooks, :func:`collect_activations` returns small arrays for a handful of texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from neuronlens.errors import (
+    EmptyDataError,
+    NeuronLensError,
+    NonFiniteActivationError,
+    ShapeMismatchError,
+)
+from neuronlens.models.model import Encoded, NeuronModel
+from neuronlens.models.sites import Site, SiteSpec
+
+# ---------------------------------------------------------------------------- positions
+
+
+@dataclass(frozen=True)
+class PositionContext:
+    """What a position selector may look at for one batch."""
+
+    input_ids: Tensor  # [B, L] without the soft prompt
+    attention_mask: Tensor  # [B, p + L] with the soft prompt
+    n_prompt: int
+    mask_token_id: int | None
+
+
+class Positions:
+    """Chooses token positions of each example. Subclasses implement :meth:`select`."""
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        """``(index [B, n] or None, valid [B, n] bool)``; ``None`` index keeps every position."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AllTokens(Positions):
+    """Every non-padding token; ``include_prompt=False`` drops the soft-prompt positions."""
+
+    include_prompt: bool = True
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        valid = ctx.attention_mask.bool()
+        if not self.include_prompt and ctx.n_prompt:
+            valid = valid.clone()
+            valid[:, : ctx.n_prompt] = False
+        return None, valid
+
+
+@dataclass(frozen=True)
+class PositionRange(Positions):
+    """Positions ``start .. stop-1`` of the full sequence (soft prompt included)."""
+
+    start: int
+    stop: int
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        length = ctx.attention_mask.shape[1]
+        if not 0 <= self.start < self.stop <= length:
+            raise NeuronLensError(
+                f"position range {self.start}..{self.stop} does not fit a batch of length {length}"
+            )
+        b = ctx.attention_mask.shape[0]
+        idx = torch.arange(self.start, self.stop, device=ctx.attention_mask.device).expand(b, -1)
+        return idx, ctx.attention_mask.gather(1, idx).bool()
+
+
+@dataclass(frozen=True)
+class PromptTokens(Positions):
+    """The soft-prompt positions (needs a soft prompt)."""
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        if ctx.n_prompt == 0:
+            raise NeuronLensError(
+                "PromptTokens() needs a soft prompt: pass prompt= (a [p, d_model] tensor)"
+            )
+        return PositionRange(0, ctx.n_prompt).select(ctx)
+
+
+@dataclass(frozen=True)
+class MaskToken(Positions):
+    """The position of the tokenizer's mask token (exactly one per example)."""
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        if ctx.mask_token_id is None:
+            raise NeuronLensError("MaskToken(): this model's tokenizer has no mask token")
+        hits = ctx.input_ids == ctx.mask_token_id
+        counts = hits.sum(1)
+        if not bool((counts == 1).all()):
+            bad = int((counts != 1).nonzero()[0, 0])
+            raise NeuronLensError(
+                f"MaskToken(): example {bad} of the batch has {int(counts[bad])} mask tokens; "
+                "each example needs exactly one (check the template)"
+            )
+        idx = hits.float().argmax(1, keepdim=True) + ctx.n_prompt
+        return idx, torch.ones_like(idx, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class LastToken(Positions):
+    """The last non-padding token of each example (right padding)."""
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        idx = (ctx.attention_mask.sum(1, keepdim=True) - 1).long()
+        return idx, torch.ones_like(idx, dtype=torch.bool)
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+@dataclass
+class CaptureBatch:
+    """One batch of a capture run, as reduction callbacks see it."""
+
+    index: Tensor
+    """Indices of the batch's examples in the whole data, ``[B]``."""
+    encoded: Encoded
+    labels: Tensor | None
+    n_prompt: int
+    logits: Tensor | None = None
+    """Set once the forward pass is done (callbacks running in hooks see ``None``)."""
+
+
+@dataclass
+class SiteBatch:
+    """One site's activations for one batch: what a reduction callback receives.
+
+    Attributes:
+        site: the neuron site.
+        acts: ``[B, n, width]`` activations at the selected positions (detached).
+        valid: ``[B, n]`` bool, False at padding (and excluded prompt positions).
+        grads: ``[B, n, width]`` gradients of the objective w.r.t. ``acts`` (``grads=True``).
+        batch: the batch (indices, inputs, labels).
+        positions: position indices ``[B, n]`` in the full sequence, or None for all.
+    """
+
+    site: Site
+    acts: Tensor
+    valid: Tensor
+    batch: CaptureBatch
+    grads: Tensor | None = None
+    positions: Tensor | None = None
+
+
+Reducer = Callable[[SiteBatch], None]
+Objective = Callable[[Tensor, CaptureBatch], Tensor]
+
+
+@dataclass
+class CaptureData:
+    """Data for a capture run: encoded inputs plus optional labels."""
+
+    encoded: Encoded
+    labels: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+
+def as_capture_data(
+    model: NeuronModel,
+    data,
+    labels: Sequence[int] | Tensor | None = None,
+    *,
+    max_length: int | None = 512,
+) -> CaptureData:
+    """Normalise what users pass as data.
+
+    Accepts a list of strings, a pair ``(texts, texts_b)`` of lists, an :class:`Encoded`
+    batch, a :class:`CaptureData`, or any object with ``texts`` (and optionally ``texts_b``
+    and ``labels``) attributes, such as a task's data split.
+    """
+    if isinstance(data, CaptureData):
+        enc, own_labels = data.encoded, data.labels
+    elif isinstance(data, Encoded):
+        enc, own_labels = data, None
+    elif isinstance(data, str):
+        enc, own_labels = model.encode([data], max_length=max_length), None
+    elif hasattr(data, "texts"):
+        if len(data.texts) == 0:
+            raise EmptyDataError("the data has no examples")
+        enc = model.encode(list(data.texts), getattr(data, "texts_b", None), max_length=max_length)
+        own_labels = getattr(data, "labels", None)
+    elif isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], str):
+        enc, own_labels = model.encode(list(data[0]), list(data[1]), max_length=max_length), None
+    elif isinstance(data, Sequence):
+        if len(data) == 0:
+            raise EmptyDataError("no texts given: pass at least one string")
+        if not all(isinstance(t, str) for t in data):
+            raise NeuronLensError("data must be strings, a (texts, texts_b) pair, or Encoded")
+        enc, own_labels = model.encode(list(data), max_length=max_length), None
+    else:
+        raise NeuronLensError(
+            f"cannot read data of type {type(data).__name__}: pass a list of strings, a "
+            "(texts, texts_b) pair, an Encoded batch or a task split"
+        )
+    if len(enc) == 0:
+        raise EmptyDataError("the data has no examples")
+    lab = labels if labels is not None else own_labels
+    if lab is not None:
+        lab = torch.as_tensor(lab, dtype=torch.long)
+        if lab.dim() != 1 or lab.shape[0] != len(enc):
+            raise ShapeMismatchError(
+                f"{lab.shape[0] if lab.dim() else 'a scalar'} labels for {len(enc)} examples: "
+                "give one label per example"
+            )
+        lab = lab.to(enc.input_ids.device)
+    return CaptureData(enc, lab)
+
+
+# ---------------------------------------------------------------------------- capture
+
+
+def capture(
+    model: NeuronModel,
+    data,
+    reduce: Reducer,
+    *,
+    sites: SiteSpec | Sequence[SiteSpec] | None = None,
+    positions: Positions | None = None,
+    labels: Sequence[int] | Tensor | None = None,
+    prompt: Tensor | None = None,
+    grads: bool = False,
+    objective: Objective | None = None,
+    batch_size: int = 32,
+    max_length: int | None = 512,
+    progress: bool | None = None,
+    check_finite: bool = True,
+    on_batch_end: Callable[[CaptureBatch], None] | None = None,
+) -> None:
+    """Run ``data`` through ``model`` and hand each site's activations to ``reduce``.
+
+    Args:
+        model: a :class:`NeuronModel`.
+        data: texts, ``(texts, texts_b)``, an :class:`Encoded` batch, or a task split.
+        reduce: called with a :class:`SiteBatch` once per site per batch.
+        sites: which sites (``None``: every FFN).
+        positions: which token positions (default :class:`AllTokens`).
+        labels: one integer per example (or taken from the data), passed on in the batch.
+        prompt: a soft prompt ``[p, d_model]`` prepended in embedding space.
+        grads: also compute gradients of ``objective`` w.r.t. the activations.
+        objective: ``f(logits, batch) -> [B]`` (or a scalar), summed and differentiated
+            when ``grads=True``; e.g. the gold-label logit.
+        batch_size: examples per forward pass.
+        max_length: truncation length when tokenising texts.
+        progress: show a progress bar (``None``: when there are 5 or more batches).
+        check_finite: raise :class:`NonFiniteActivationError` on NaN/inf activations.
+        on_batch_end: called with the :class:`CaptureBatch` (logits set) after each batch.
+
+    Hooks are removed when the call returns, also when it raised.
+    """
+    if batch_size < 1:
+        raise NeuronLensError(f"batch_size must be at least 1, got {batch_size}")
+    if grads and objective is None:
+        raise NeuronLensError(
+            "grads=True needs objective=f(logits, batch) -> [B], e.g. the gold-label logit"
+        )
+    cdata = as_capture_data(model, data, labels, max_length=max_length)
+    chosen = model.select_sites(sites)
+    positions = positions or AllTokens()
+    n = len(cdata)
+    n_batches = (n + batch_size - 1) // batch_size
+    show = progress if progress is not None else n_batches >= 5
+    mask_id = model.tokenizer.mask_token_id
+    n_prompt = 0 if prompt is None else int(prompt.shape[0])
+    decoder_stacks = {"decoder_blocks"} if model.family.kind.value == "encoder_decoder" else set()
+
+    bar = tqdm(total=n_batches, desc=f"capture {model.name}", disable=not show, leave=False)
+    try:
+        for start in range(0, n, batch_size):
+            rows = torch.arange(start, min(start + batch_size, n))
+            enc = cdata.encoded[rows.to(cdata.encoded.input_ids.device)]
+            batch = CaptureBatch(
+                index=rows,
+                encoded=enc,
+                labels=None if cdata.labels is None else cdata.labels[start : start + len(rows)],
+                n_prompt=n_prompt,
+            )
+            full_mask = (
+                enc.attention_mask
+                if not n_prompt
+                else torch.cat(
+                    [enc.attention_mask.new_ones(len(enc), n_prompt), enc.attention_mask], 1
+                )
+            )
+            ctx = PositionContext(enc.input_ids, full_mask, n_prompt, mask_id)
+            enc_sel = positions.select(ctx)
+            dec_sel = (
+                None
+                if enc.decoder_input_ids is None
+                else (None, torch.ones_like(enc.decoder_input_ids, dtype=torch.bool))
+            )
+            selections = {
+                s.name: (dec_sel if s.stack in decoder_stacks else enc_sel) for s in chosen
+            }
+            _run_batch(
+                model, batch, chosen, selections, reduce, prompt, grads, objective, check_finite
+            )
+            if on_batch_end is not None:
+                on_batch_end(batch)
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _gather(acts: Tensor, idx: Tensor | None) -> Tensor:
+    if idx is None:
+        return acts
+    return acts.gather(1, idx.unsqueeze(-1).expand(-1, -1, acts.shape[-1]))
+
+
+def _check(site: Site, t: Tensor, what: str) -> None:
+    # A sum is NaN/inf whenever an element is; only then run the exact (slower) test,
+    # which also rules out a sum of finite values that merely overflowed.
+    if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise NonFiniteActivationError(
+            f"NaN or infinite {what} at site {site.name}: check the model's dtype (float16 "
+            "overflow?), its weights, and the soft prompt"
+        )
+
+
+def _run_batch(
+    model: NeuronModel,
+    batch: CaptureBatch,
+    chosen: list[Site],
+    selections: dict[str, tuple[Tensor | None, Tensor]],
+    reduce: Reducer,
+    prompt: Tensor | None,
+    grads: bool,
+    objective: Objective | None,
+    check_finite: bool,
+) -> None:
+    live: dict[str, Tensor] = {}
+
+    def make_hook(site: Site):
+        idx, valid = selections[site.name]
+
+        def hook(acts: Tensor, hook=None) -> None:
+            if acts.shape[-1] != site.width:
+                raise ShapeMismatchError(
+                    f"site {site.name} produced {acts.shape[-1]} neurons, expected {site.width}"
+                )
+            if grads:
+                live[site.name] = acts
+                return None
+            sel = _gather(acts, idx)
+            if check_finite:
+                _check(site, sel, "activations")
+            reduce(SiteBatch(site, sel, valid, batch, positions=idx))
+            return None
+
+        return hook
+
+    fwd = [(site.hook_name, make_hook(site)) for site in chosen]
+    grad_ctx = torch.enable_grad() if grads else torch.no_grad()
+    with grad_ctx, model.hooks(fwd_hooks=fwd):
+        logits = model.forward(batch.encoded, prompt=prompt, embeds_require_grad=grads)
+        batch.logits = logits.detach()
+        if grads:
+            assert objective is not None
+            target = objective(logits, batch)
+            if target.dim() > 0 and target.shape[0] != len(batch.encoded):
+                raise ShapeMismatchError(
+                    f"objective returned shape {list(target.shape)}; expected [B] or a scalar"
+                )
+            tensors = [live[s.name] for s in chosen]
+            gs = torch.autograd.grad(target.sum(), tensors, allow_unused=True)
+            for site, acts, g in zip(chosen, tensors, gs, strict=True):
+                idx, valid = selections[site.name]
+                g = torch.zeros_like(acts) if g is None else g
+                sel, gsel = _gather(acts.detach(), idx), _gather(g, idx)
+                if check_finite:
+                    _check(site, sel, "activations")
+                    _check(site, gsel, "gradients")
+                reduce(SiteBatch(site, sel, valid, batch, grads=gsel, positions=idx))
+
+
+# ---------------------------------------------------------------------------- reducers
+
+
+@dataclass
+class RunningMean:
+    """Mean activation per site over valid tokens (``per_position``: per selected position).
+
+    A streaming reduction: memory is ``sites x width`` (x positions), whatever the data size.
+    States of two shards merge with :meth:`merge`.
+    """
+
+    per_position: bool = False
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, Tensor] = field(default_factory=dict)
+
+    def __call__(self, sb: SiteBatch) -> None:
+        valid = sb.valid.to(sb.acts.dtype)
+        if self.per_position:
+            s = torch.einsum("bn,bnd->nd", valid, sb.acts)
+            c = valid.sum(0)
+        else:
+            s = torch.einsum("bn,bnd->d", valid, sb.acts)
+            c = valid.sum()
+        key = sb.site.name
+        if key in self.sums:
+            self.sums[key] += s.double()
+            self.counts[key] += c.double()
+        else:
+            self.sums[key] = s.double()
+            self.counts[key] = c.double()
+
+    def merge(self, other: RunningMean) -> RunningMean:
+        out = RunningMean(self.per_position)
+        for key in self.sums.keys() | other.sums.keys():
+            parts = [m for m in (self, other) if key in m.sums]
+            out.sums[key] = sum(m.sums[key] for m in parts)
+            out.counts[key] = sum(m.counts[key] for m in parts)
+        return out
+
+    def mean(self, site: Site | str) -> Tensor:
+        key = site.name if isinstance(site, Site) else site
+        count = self.counts[key]
+        if self.per_position:
+            count = count.unsqueeze(-1)
+        return (self.sums[key] / count).float()
+
+
+# ---------------------------------------------------------------------------- notebooks
+
+
+@dataclass
+class ActivationArrays:
+    """Small activation arrays for a handful of texts (see :func:`collect_activations`).
+
+    ``acts[site_name]`` is ``[N, L, width]`` (zeros where ``valid`` is False), ``valid`` is
+    ``[N, L]``, ``tokens[i]`` the string tokens of example ``i`` at the selected positions
+    (prompt positions shown as ``<prompt:k>``).
+    """
+
+    acts: dict[str, Tensor]
+    valid: dict[str, Tensor]
+    tokens: list[list[str]]
+    sites: list[Site]
+
+    def __getitem__(self, site: str | Site) -> Tensor:
+        return self.acts[site.name if isinstance(site, Site) else site]
+
+
+MAX_COLLECT = 2048
+
+
+def collect_activations(
+    model: NeuronModel,
+    texts: str | Sequence[str],
+    *,
+    sites: SiteSpec | Sequence[SiteSpec] | None = None,
+    positions: Positions | None = None,
+    prompt: Tensor | None = None,
+    batch_size: int = 32,
+    progress: bool | None = False,
+) -> ActivationArrays:
+    """Activations of a few texts, kept in memory, for looking at in a notebook.
+
+    For anything large, use :func:`capture` with a reduction callback instead.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if len(texts) > MAX_COLLECT:
+        raise NeuronLensError(
+            f"collect_activations keeps every activation in memory and takes at most "
+            f"{MAX_COLLECT} texts; use neuronlens.capture with a reduction for {len(texts)}"
+        )
+    cdata = as_capture_data(model, texts)
+    chunks: dict[str, list[tuple[Tensor, Tensor]]] = {}
+
+    def keep(sb: SiteBatch) -> None:
+        chunks.setdefault(sb.site.name, []).append((sb.acts.cpu(), sb.valid.cpu()))
+
+    capture(
+        model,
+        cdata,
+        keep,
+        sites=sites,
+        positions=positions,
+        prompt=prompt,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    chosen = model.select_sites(sites)
+    acts, valid = {}, {}
+    for site in chosen:
+        parts = chunks[site.name]
+        length = max(a.shape[1] for a, _ in parts)
+        acts[site.name] = torch.cat(
+            [
+                torch.nn.functional.pad(a * v.unsqueeze(-1), (0, 0, 0, length - a.shape[1]))
+                for a, v in parts
+            ]
+        )
+        valid[site.name] = torch.cat(
+            [torch.nn.functional.pad(v, (0, length - v.shape[1])) for _, v in parts]
+        )
+    tokens = _token_strings(model, cdata.encoded, prompt, positions or AllTokens())
+    return ActivationArrays(acts, valid, tokens, chosen)
+
+
+def _token_strings(model, enc: Encoded, prompt, positions: Positions) -> list[list[str]]:
+    n_prompt = 0 if prompt is None else int(prompt.shape[0])
+    out = []
+    for i in range(len(enc)):
+        length = int(enc.attention_mask[i].sum())
+        toks = [f"<prompt:{k}>" for k in range(n_prompt)]
+        toks += model.tokenizer.convert_ids_to_tokens(enc.input_ids[i, :length].tolist())
+        full = enc.attention_mask[i : i + 1]
+        if n_prompt:
+            full = torch.cat([full.new_ones(1, n_prompt), full], 1)
+        ctx = PositionContext(
+            enc.input_ids[i : i + 1], full, n_prompt, model.tokenizer.mask_token_id
+        )
+        idx, _ = positions.select(ctx)
+        out.append(
+            toks if idx is None else [toks[j] if j < len(toks) else "" for j in idx[0].tolist()]
+        )
+    return out

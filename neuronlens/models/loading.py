@@ -1,0 +1,154 @@
+"""Loading models as hooked transformers: hub names, local directories, built HF models."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+import transformers
+
+from neuronlens.errors import NeuronLensError, UnsupportedModelError
+from neuronlens.models.families import family_for_architecture
+from neuronlens.models.model import NeuronModel
+
+
+def load_model(
+    model: str | os.PathLike | transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase | str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    name: str | None = None,
+    has_lm_head: bool | None = None,
+) -> NeuronModel:
+    """Load a model as a :class:`NeuronModel` (a TransformerBridge in its default mode).
+
+    Args:
+        model: a Hugging Face hub name (downloaded by ``transformers``; needs a network), a
+            local directory with ``config.json`` and weights (no network call), or an
+            already-built ``transformers`` model with a head (``BertForMaskedLM``,
+            ``T5ForConditionalGeneration``, ``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...).
+            A built model is wrapped in place: keep a copy if you need the untouched one.
+        tokenizer: the model's tokenizer, or a name / directory to load it from. Required
+            with a built model; defaults to ``model`` for names and directories.
+        device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        dtype: weights dtype when loading from a name or directory.
+        name: a label for results and errors (defaults to the name or directory).
+        has_lm_head: override the detection of a randomly initialised LM head (only needed
+            for a built model whose head you know to be untrained).
+
+    Checkpoints that hold only a base model (``BertModel``: sentence-embedding BERTs such as
+    all-MiniLM-L6-v2) load into the family's LM-head class; the head weights are then
+    missing, and the model is marked ``kind=ModelKind.ENCODER`` so no verbalizer reads it.
+    """
+    if isinstance(model, transformers.PreTrainedModel):
+        if tokenizer is None:
+            raise NeuronLensError(
+                "a built model needs its tokenizer: load_model(hf_model, tokenizer); "
+                "neuronlens never fetches a tokenizer by name behind your back"
+            )
+        arch = type(model).__name__
+        family, cls_name = family_for_architecture(arch)
+        if cls_name != arch:
+            raise UnsupportedModelError(
+                f"{arch} is a base model without a head; the bridge wraps {cls_name}. Build "
+                f"{cls_name} (or load the checkpoint directory with load_model(path)) instead."
+            )
+        hf = model
+        label = name or getattr(model.config, "name_or_path", "") or arch
+        head = True if has_lm_head is None else has_lm_head
+    else:
+        source = str(model)
+        local = Path(source).expanduser()
+        if local.is_dir():
+            if not (local / "config.json").is_file():
+                raise NeuronLensError(
+                    f"{local} is a directory without config.json: not a Hugging Face model directory"
+                )
+            source = str(local)
+        elif source.startswith((".", "/", "~")) or local.exists():
+            raise NeuronLensError(
+                f"{source} is not a model directory (it does not exist or is a file)"
+            )
+        config = transformers.AutoConfig.from_pretrained(source)
+        archs = list(getattr(config, "architectures", None) or [])
+        if not archs:
+            raise UnsupportedModelError(
+                f"{source}: config.json names no architecture; build the HF model yourself and "
+                "pass it to load_model(hf_model, tokenizer)"
+            )
+        family, cls_name = family_for_architecture(archs[0])
+        cls = getattr(transformers, cls_name)
+        with _quiet_transformers():
+            hf, info = cls.from_pretrained(source, dtype=dtype, output_loading_info=True)
+        missing = list(info.get("missing_keys", []))
+        head_missing = (
+            any(k.startswith(family.head_prefixes) for k in missing)
+            if (family.head_prefixes)
+            else False
+        )
+        head = (not head_missing) if has_lm_head is None else has_lm_head
+        label = name or source
+        if tokenizer is None:
+            tokenizer = source
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer))
+    if not isinstance(tokenizer, transformers.PreTrainedTokenizerBase):
+        raise NeuronLensError(
+            f"tokenizer must be a Hugging Face tokenizer, a name or a directory, got {type(tokenizer)!r}"
+        )
+    gated, stacks = family.resolve(hf.config)
+    hf.config.architectures = [type(hf).__name__]
+    hf.eval()
+    hf.requires_grad_(False)  # frozen: neuronlens trains prompts and heads, never the model
+    bridge = _boot(label, hf, tokenizer, device)
+    # our copy: right padding, so "last non-padding token" is well defined everywhere
+    own = copy.deepcopy(tokenizer)
+    own.padding_side = "right"
+    if own.pad_token is None:
+        own.pad_token = own.eos_token
+    return NeuronModel(
+        bridge, own, family, name=label, has_lm_head=head, gated=gated, stacks=stacks
+    )
+
+
+def _boot(label: str, hf: torch.nn.Module, tokenizer, device) -> torch.nn.Module:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    # The bridge alters (and may re-load by name) the tokenizer it gets: give it a copy
+    # marked as already adding BOS, so it never reloads anything.
+    bridge_tok = copy.deepcopy(tokenizer)
+    bridge_tok.init_kwargs.setdefault("name_or_path", label)
+    bridge_tok.init_kwargs["add_bos_token"] = True
+    with _quiet_transformers():
+        bridge = TransformerBridge.boot_transformers(
+            label, hf_model=hf, tokenizer=bridge_tok, device=device
+        )
+    if getattr(bridge, "compatibility_mode", False):  # never fold LayerNorm / centre weights
+        raise NeuronLensError(
+            "the bridge booted in compatibility mode; neuronlens needs the default mode"
+        )
+    bridge.eval()
+    return bridge
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load reports (missing head weights are handled by neuronlens)."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        logger.setLevel(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()

@@ -1,0 +1,314 @@
+"""The hooked model neuronlens works on: a TransformerBridge plus what it needs to know."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+from neuronlens.errors import (
+    EmptyDataError,
+    MissingLMHeadError,
+    ShapeMismatchError,
+    TokenizerMismatchError,
+)
+from neuronlens.models.families import Family, ModelKind
+from neuronlens.models.sites import Site, SiteSpec, resolve_site, resolve_sites
+
+
+@dataclass
+class Encoded:
+    """A tokenised batch (right-padded), as the model's forward takes it.
+
+    ``decoder_input_ids`` is set for encoder-decoder models (one decoder start token per row).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    token_type_ids: Tensor | None = None
+    decoder_input_ids: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device | str) -> Encoded:
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)
+                if getattr(self, f.name) is not None
+            },
+        )
+
+    def __getitem__(self, rows: slice | Tensor | Sequence[int]) -> Encoded:
+        """The given rows, trimmed to the longest remaining sequence."""
+        sub = replace(
+            self,
+            **{
+                f.name: getattr(self, f.name)[rows]
+                for f in fields(self)
+                if getattr(self, f.name) is not None
+            },
+        )
+        length = int(sub.attention_mask.sum(1).max()) if len(sub) else 0
+        return replace(
+            sub,
+            input_ids=sub.input_ids[:, :length],
+            attention_mask=sub.attention_mask[:, :length],
+            token_type_ids=None if sub.token_type_ids is None else sub.token_type_ids[:, :length],
+        )
+
+
+class NeuronModel:
+    """A transformer wrapped as a TransformerBridge (default mode), with its neuron sites.
+
+    Build one with :func:`neuronlens.load_model`. Attributes:
+
+    * ``bridge``: the ``TransformerBridge`` (hook points, run_with_cache, ...);
+    * ``tokenizer``: the model's own Hugging Face tokenizer (neuronlens encodes with it and
+      passes tensors; the bridge keeps a separate copy that it may alter);
+    * ``family``: the :class:`~neuronlens.models.families.Family` table entry;
+    * ``kind``: how the model can answer (:class:`ModelKind`); a masked LM whose head
+      weights were missing is ``ModelKind.ENCODER``;
+    * ``sites``: one :class:`Site` per FFN, widths read from module shapes.
+    """
+
+    def __init__(
+        self,
+        bridge: torch.nn.Module,
+        tokenizer,
+        family: Family,
+        *,
+        name: str,
+        has_lm_head: bool,
+        gated: bool,
+        stacks,
+    ) -> None:
+        self.bridge = bridge
+        self.tokenizer = tokenizer
+        self.family = family
+        self.name = name
+        self.has_lm_head = has_lm_head
+        self.gated = gated
+        self.stacks = tuple(stacks)
+        self.kind = family.kind if has_lm_head else ModelKind.ENCODER
+        self._check_tokenizer()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The wrapped Hugging Face model (its submodules are bridge wrappers)."""
+        return self.bridge.original_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.input_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_embeddings.weight.dtype
+
+    @property
+    def input_embeddings(self) -> torch.nn.Embedding:
+        emb = self.hf_model.get_input_embeddings()
+        return getattr(emb, "original_component", emb)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.input_embeddings.weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.input_embeddings.weight.shape[0])
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """Every FFN site, in stack then layer order, with widths from module shapes."""
+        out = []
+        for stack in self.stacks:
+            blocks = getattr(self.bridge, stack.bridge_name)
+            for layer, block in enumerate(blocks):
+                out.append(
+                    Site(
+                        stack=stack.bridge_name,
+                        layer=layer,
+                        hook_name=self.family.hook_name(stack.bridge_name, layer),
+                        width=_ffn_width(block),
+                    )
+                )
+        return tuple(out)
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(s.width for s in self.sites)
+
+    def site(self, spec: SiteSpec) -> Site:
+        """One site: ``model.site("blocks.3")``, ``model.site(3)``, ``model.site(("encoder_blocks", 3))``."""
+        return resolve_site(self.sites, spec)
+
+    def select_sites(self, spec: SiteSpec | Iterable[SiteSpec] | None = None) -> list[Site]:
+        """Several sites (``None``: all of them)."""
+        return resolve_sites(self.sites, spec)
+
+    def hf_ffn(self, site: Site) -> torch.nn.Module:
+        """The raw HF FFN module of a site (unwrapped from the bridge)."""
+        stack = next(s for s in self.stacks if s.bridge_name == site.stack)
+        return _walk(self.hf_model, stack.hf_ffn.format(i=site.layer))
+
+    def require_lm_head(self) -> None:
+        """Raise :class:`MissingLMHeadError` unless the LM head holds trained weights."""
+        if not self.has_lm_head:
+            raise MissingLMHeadError(
+                f"{self.name}: its LM-head weights were missing from the checkpoint and were "
+                "randomly initialised, so verbalizer (label-word) logits would be noise. Use a "
+                "linear head on the pooled hidden state instead, or load a checkpoint with an "
+                "LM head."
+            )
+
+    # ------------------------------------------------------------------ running it
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        texts_b: Sequence[str] | None = None,
+        *,
+        max_length: int | None = 512,
+    ) -> Encoded:
+        """Tokenise with the model's own tokenizer (right padding, truncation)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise EmptyDataError("no texts to encode: pass at least one string")
+        if texts_b is not None and len(texts_b) != len(texts):
+            raise ShapeMismatchError(
+                f"texts ({len(texts)}) and texts_b ({len(texts_b)}) differ in length"
+            )
+        tok = self.tokenizer
+        enc = tok(
+            texts,
+            list(texts_b) if texts_b is not None else None,
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        ids = enc["input_ids"]
+        if ids.numel() and int(ids.max()) >= self.vocab_size:
+            raise TokenizerMismatchError(
+                f"the tokenizer produced token id {int(ids.max())} but {self.name} has only "
+                f"{self.vocab_size} embeddings: the tokenizer does not belong to this model"
+            )
+        dec = None
+        if self.family.kind is ModelKind.ENCODER_DECODER:
+            start = self.hf_model.config.decoder_start_token_id
+            dec = torch.full((len(texts), 1), int(start or 0), dtype=torch.long)
+        return Encoded(
+            input_ids=ids,
+            attention_mask=enc["attention_mask"],
+            token_type_ids=enc.get("token_type_ids"),
+            decoder_input_ids=dec,
+        ).to(self.device)
+
+    def embed(
+        self, batch: Encoded, prompt: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Word embeddings of a batch with an optional soft prompt ``[p, d_model]`` prepended.
+
+        Returns ``(inputs_embeds, attention_mask, token_type_ids)`` extended by the prompt;
+        the model adds positions, token types and its embedding LayerNorm itself.
+        """
+        emb = self.input_embeddings(batch.input_ids)
+        mask, types = batch.attention_mask, batch.token_type_ids
+        if prompt is not None:
+            if prompt.dim() != 2 or prompt.shape[1] != self.d_model:
+                raise ShapeMismatchError(
+                    f"a soft prompt must be [n_tokens, {self.d_model}] for {self.name}, "
+                    f"got {list(prompt.shape)}"
+                )
+            b, p = emb.shape[0], prompt.shape[0]
+            emb = torch.cat([prompt.to(emb.dtype).unsqueeze(0).expand(b, -1, -1), emb], 1)
+            mask = torch.cat([mask.new_ones(b, p), mask], 1)
+            if types is not None:
+                types = torch.cat([types.new_zeros(b, p), types], 1)
+        return emb, mask, types
+
+    def forward(
+        self,
+        batch: Encoded,
+        *,
+        prompt: Tensor | None = None,
+        embeds_require_grad: bool = False,
+    ) -> Tensor:
+        """Logits of the bridge for a batch (masked LM / causal LM ``[B, L, V]``, T5 decoder ``[B, T, V]``).
+
+        With ``prompt`` (``[p, d_model]``) the soft prompt is prepended in embedding space.
+        ``embeds_require_grad`` makes the input embeddings a leaf that requires grad, so a
+        frozen model's activations get gradients.
+        """
+        if len(batch) == 0:
+            raise EmptyDataError("empty batch: there is nothing to run")
+        kwargs = {}
+        if batch.decoder_input_ids is not None:
+            kwargs["decoder_input_ids"] = batch.decoder_input_ids
+        if prompt is None and not embeds_require_grad:
+            x, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids
+        else:
+            x, mask, types = self.embed(batch, prompt)
+            if embeds_require_grad and not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+        if types is not None:
+            kwargs["token_type_ids"] = types
+        return self.bridge(x, attention_mask=mask, return_type="logits", **kwargs)
+
+    __call__ = forward
+
+    def hooks(self, fwd_hooks=(), bwd_hooks=()):
+        """The bridge's hook context: hooks are removed on exit, also after an exception."""
+        return self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks))
+
+    def _check_tokenizer(self) -> None:
+        if len(self.tokenizer) > self.vocab_size:
+            raise TokenizerMismatchError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but {self.name} has only "
+                f"{self.vocab_size} embeddings: pass the tokenizer that belongs to this model"
+            )
+
+    def __repr__(self) -> str:
+        sites = self.sites
+        stacks = ", ".join(
+            f"{st.bridge_name}: {sum(s.stack == st.bridge_name for s in sites)} layers"
+            for st in self.stacks
+        )
+        return (
+            f"NeuronModel({self.name!r}, family={self.family.name}, kind={self.kind.value}, "
+            f"{stacks}, {self.n_neurons} neurons, device={self.device})"
+        )
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "original_component", None) or module
+
+
+def _walk(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """Follow a raw-HF dotted path in a booted model, stepping through bridge wrappers.
+
+    The bridge replaces submodules by wrappers that keep the original module as
+    ``original_component``; the path names the raw modules, so unwrap at every step.
+    """
+    module = _unwrap(root)
+    for part in path.split("."):
+        module = _unwrap(module)
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return _unwrap(module)
+
+
+def _ffn_width(block: torch.nn.Module) -> int:
+    """Number of neurons of a bridge block's FFN, read from its second linear's weight."""
+    out = _unwrap(block.mlp.out)
+    weight = out.weight
+    if type(out).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+        return int(weight.shape[0])
+    return int(weight.shape[1])

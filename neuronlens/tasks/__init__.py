@@ -1,0 +1,36 @@
+"""Classification tasks: built-in benchmarks, custom tasks, and their data.
+
+``get_task("sst2").load("dev")`` reads a split from the data directory (``data_dir=`` or
+``$NEURONLENS_DATA_DIR``) or from the Hugging Face hub; see :mod:`neuronlens.tasks.builtin`
+for the built-in tasks, their splits and label conventions.
+"""
+
+from neuronlens.tasks.builtin import TASKS, get_task, list_tasks, register_task
+from neuronlens.tasks.data import (
+    DATA_DIR_ENV,
+    HoldOut,
+    HubSource,
+    LocalFile,
+    Split,
+    Task,
+    TaskData,
+    resolve_data_dir,
+)
+from neuronlens.tasks.synthetic import generate_toy_sentiment, toy_sentiment_task
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "TASKS",
+    "HoldOut",
+    "HubSource",
+    "LocalFile",
+    "Split",
+    "Task",
+    "TaskData",
+    "generate_toy_sentiment",
+    "get_task",
+    "list_tasks",
+    "register_task",
+    "resolve_data_dir",
+    "toy_sentiment_task",
+]
