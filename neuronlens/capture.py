@@ -173,17 +173,45 @@ class SiteBatch:
 
 Reducer = Callable[[SiteBatch], None]
 Objective = Callable[[Tensor, CaptureBatch], Tensor]
+Forward = Callable[[Encoded, Tensor | None, bool], Tensor]
 
 
 @dataclass
 class CaptureData:
-    """Data for a capture run: encoded inputs plus optional labels."""
+    """Data for a capture run: texts (tokenised batch by batch) or encoded inputs, plus labels.
 
-    encoded: Encoded
+    Texts are tokenised lazily, one batch at a time, so memory does not grow with the data.
+    """
+
+    encoded: Encoded | None = None
+    texts: list[str] | None = None
+    texts_b: list[str] | None = None
     labels: Tensor | None = None
+    max_length: int | None = 512
 
     def __len__(self) -> int:
-        return len(self.encoded)
+        return len(self.encoded) if self.encoded is not None else len(self.texts or ())
+
+    def batch(self, model: NeuronModel, rows: Tensor) -> Encoded:
+        """The encoded examples ``rows`` (trimmed to their longest sequence)."""
+        if self.encoded is not None:
+            return self.encoded[rows.to(self.encoded.input_ids.device)]
+        idx = rows.tolist()
+        texts_b = None if self.texts_b is None else [self.texts_b[i] for i in idx]
+        return model.encode([self.texts[i] for i in idx], texts_b, max_length=self.max_length)
+
+    def select(self, rows: Tensor) -> CaptureData:
+        """A subset of the examples (e.g. one process's shard)."""
+        idx = rows.tolist()
+        return CaptureData(
+            encoded=None
+            if self.encoded is None
+            else self.encoded[rows.to(self.encoded.input_ids.device)],
+            texts=None if self.texts is None else [self.texts[i] for i in idx],
+            texts_b=None if self.texts_b is None else [self.texts_b[i] for i in idx],
+            labels=None if self.labels is None else self.labels[rows.to(self.labels.device)],
+            max_length=self.max_length,
+        )
 
 
 def as_capture_data(
@@ -200,41 +228,47 @@ def as_capture_data(
     and ``labels``) attributes, such as a task's data split.
     """
     if isinstance(data, CaptureData):
-        enc, own_labels = data.encoded, data.labels
+        cdata = data
     elif isinstance(data, Encoded):
-        enc, own_labels = data, None
+        cdata = CaptureData(encoded=data)
     elif isinstance(data, str):
-        enc, own_labels = model.encode([data], max_length=max_length), None
+        cdata = CaptureData(texts=[data])
     elif hasattr(data, "texts"):
-        if len(data.texts) == 0:
-            raise EmptyDataError("the data has no examples")
-        enc = model.encode(list(data.texts), getattr(data, "texts_b", None), max_length=max_length)
-        own_labels = getattr(data, "labels", None)
+        texts_b = getattr(data, "texts_b", None)
+        cdata = CaptureData(
+            texts=list(data.texts),
+            texts_b=None if texts_b is None else list(texts_b),
+            labels=None if getattr(data, "labels", None) is None else torch.as_tensor(data.labels),
+        )
     elif isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], str):
-        enc, own_labels = model.encode(list(data[0]), list(data[1]), max_length=max_length), None
+        if len(data[0]) != len(data[1]):
+            raise ShapeMismatchError(
+                f"texts ({len(data[0])}) and texts_b ({len(data[1])}) differ in length"
+            )
+        cdata = CaptureData(texts=list(data[0]), texts_b=list(data[1]))
     elif isinstance(data, Sequence):
-        if len(data) == 0:
-            raise EmptyDataError("no texts given: pass at least one string")
         if not all(isinstance(t, str) for t in data):
             raise NeuronLensError("data must be strings, a (texts, texts_b) pair, or Encoded")
-        enc, own_labels = model.encode(list(data), max_length=max_length), None
+        cdata = CaptureData(texts=list(data))
     else:
         raise NeuronLensError(
             f"cannot read data of type {type(data).__name__}: pass a list of strings, a "
             "(texts, texts_b) pair, an Encoded batch or a task split"
         )
-    if len(enc) == 0:
-        raise EmptyDataError("the data has no examples")
-    lab = labels if labels is not None else own_labels
+    if len(cdata) == 0:
+        raise EmptyDataError("the data has no examples: pass at least one")
+    if cdata.encoded is None:
+        cdata.max_length = max_length
+    lab = labels if labels is not None else cdata.labels
     if lab is not None:
         lab = torch.as_tensor(lab, dtype=torch.long)
-        if lab.dim() != 1 or lab.shape[0] != len(enc):
+        if lab.dim() != 1 or lab.shape[0] != len(cdata):
             raise ShapeMismatchError(
-                f"{lab.shape[0] if lab.dim() else 'a scalar'} labels for {len(enc)} examples: "
+                f"{lab.shape[0] if lab.dim() else 'a scalar'} labels for {len(cdata)} examples: "
                 "give one label per example"
             )
-        lab = lab.to(enc.input_ids.device)
-    return CaptureData(enc, lab)
+        cdata.labels = lab.to(model.device)
+    return cdata
 
 
 # ---------------------------------------------------------------------------- capture
@@ -256,6 +290,7 @@ def capture(
     progress: bool | None = None,
     check_finite: bool = True,
     on_batch_end: Callable[[CaptureBatch], None] | None = None,
+    forward: Forward | None = None,
 ) -> None:
     """Run ``data`` through ``model`` and hand each site's activations to ``reduce``.
 
@@ -275,6 +310,9 @@ def capture(
         progress: show a progress bar (``None``: when there are 5 or more batches).
         check_finite: raise :class:`NonFiniteActivationError` on NaN/inf activations.
         on_batch_end: called with the :class:`CaptureBatch` (logits set) after each batch.
+        forward: ``f(encoded, prompt, embeds_require_grad) -> logits`` to run instead of
+            the model's own forward, e.g. a head's class logits (what ``objective`` and
+            ``batch.logits`` then see). It must run the model, so the hooks fire.
 
     Hooks are removed when the call returns, also when it raised.
     """
@@ -298,7 +336,7 @@ def capture(
     try:
         for start in range(0, n, batch_size):
             rows = torch.arange(start, min(start + batch_size, n))
-            enc = cdata.encoded[rows.to(cdata.encoded.input_ids.device)]
+            enc = cdata.batch(model, rows)
             batch = CaptureBatch(
                 index=rows,
                 encoded=enc,
@@ -323,7 +361,16 @@ def capture(
                 s.name: (dec_sel if s.stack in decoder_stacks else enc_sel) for s in chosen
             }
             _run_batch(
-                model, batch, chosen, selections, reduce, prompt, grads, objective, check_finite
+                model,
+                batch,
+                chosen,
+                selections,
+                reduce,
+                prompt,
+                grads,
+                objective,
+                check_finite,
+                forward,
             )
             if on_batch_end is not None:
                 on_batch_end(batch)
@@ -358,8 +405,10 @@ def _run_batch(
     grads: bool,
     objective: Objective | None,
     check_finite: bool,
+    forward: Forward | None,
 ) -> None:
     live: dict[str, Tensor] = {}
+    fired: set[str] = set()
 
     def make_hook(site: Site):
         idx, valid = selections[site.name]
@@ -369,6 +418,7 @@ def _run_batch(
                 raise ShapeMismatchError(
                     f"site {site.name} produced {acts.shape[-1]} neurons, expected {site.width}"
                 )
+            fired.add(site.name)
             if grads:
                 live[site.name] = acts
                 return None
@@ -383,8 +433,17 @@ def _run_batch(
     fwd = [(site.hook_name, make_hook(site)) for site in chosen]
     grad_ctx = torch.enable_grad() if grads else torch.no_grad()
     with grad_ctx, model.hooks(fwd_hooks=fwd):
-        logits = model.forward(batch.encoded, prompt=prompt, embeds_require_grad=grads)
+        if forward is None:
+            logits = model.forward(batch.encoded, prompt=prompt, embeds_require_grad=grads)
+        else:
+            logits = forward(batch.encoded, prompt, grads)
         batch.logits = logits.detach()
+        missed = [s.name for s in chosen if s.name not in fired]
+        if missed:
+            raise NeuronLensError(
+                f"the forward pass never reached sites {missed}: choose sites it runs through "
+                "(e.g. a head that reads the encoder does not run a T5 decoder)"
+            )
         if grads:
             assert objective is not None
             target = objective(logits, batch)
@@ -525,7 +584,8 @@ def collect_activations(
         valid[site.name] = torch.cat(
             [torch.nn.functional.pad(v, (0, length - v.shape[1])) for _, v in parts]
         )
-    tokens = _token_strings(model, cdata.encoded, prompt, positions or AllTokens())
+    enc = cdata.batch(model, torch.arange(len(cdata)))
+    tokens = _token_strings(model, enc, prompt, positions or AllTokens())
     return ActivationArrays(acts, valid, tokens, chosen)
 
 

@@ -86,6 +86,9 @@ class Family:
     """For families where gating depends on the config (T5 v1.1): config attribute to read."""
     gated_stacks: tuple[Stack, ...] = ()
     """The stacks to use instead when ``gated_config`` is true."""
+    hf_head: str | None = None
+    """Attribute of the HF model holding the LM head applied to the base model's last hidden
+    state (``cls`` for BERT, ``lm_head`` ...). None: read logits from the full forward (T5)."""
     neuron_hook: str = "mlp.hook_post"
     """Bridge hook, relative to a block, whose output is the neuron activation."""
 
@@ -172,6 +175,7 @@ register_family(
             Stack("blocks", "bert.encoder.layer.{i}", ("intermediate.dense",), "output.dense"),
         ),
         head_prefixes=("cls.",),
+        hf_head="cls",
     )
 )
 register_family(
@@ -184,6 +188,7 @@ register_family(
             Stack("blocks", "roberta.encoder.layer.{i}", ("intermediate.dense",), "output.dense"),
         ),
         head_prefixes=("lm_head.",),
+        hf_head="lm_head",
     )
 )
 register_family(
@@ -204,6 +209,7 @@ register_family(
         base_models={"GPT2Model": "GPT2LMHeadModel"},
         kind=ModelKind.CAUSAL_LM,
         stacks=(Stack("blocks", "transformer.h.{i}.mlp", ("c_fc",), "c_proj"),),
+        hf_head="lm_head",
     )
 )
 register_family(
@@ -214,5 +220,6 @@ register_family(
         kind=ModelKind.CAUSAL_LM,
         stacks=(Stack("blocks", "model.layers.{i}.mlp", ("gate_proj", "up_proj"), "down_proj"),),
         gated=True,
+        hf_head="lm_head",
     )
 )

@@ -11,6 +11,7 @@ from torch import Tensor
 from neuronlens.errors import (
     EmptyDataError,
     MissingLMHeadError,
+    NeuronLensError,
     ShapeMismatchError,
     TokenizerMismatchError,
 )
@@ -222,6 +223,8 @@ class NeuronModel:
         """
         emb = self.input_embeddings(batch.input_ids)
         mask, types = batch.attention_mask, batch.token_type_ids
+        if prompt is not None and prompt.dim() == 2 and prompt.shape[0] == 0:
+            prompt = None  # an empty prompt (a head trained alone) prepends nothing
         if prompt is not None:
             if prompt.dim() != 2 or prompt.shape[1] != self.d_model:
                 raise ShapeMismatchError(
@@ -264,6 +267,42 @@ class NeuronModel:
         return self.bridge(x, attention_mask=mask, return_type="logits", **kwargs)
 
     __call__ = forward
+
+    def hidden_states(
+        self,
+        batch: Encoded,
+        *,
+        prompt: Tensor | None = None,
+        embeds_require_grad: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        """Last hidden state of the (encoder or decoder-only) base model, without the LM head.
+
+        Returns ``(hidden [B, p + L, d_model], attention_mask [B, p + L])``. Neuron hooks fire
+        as in :meth:`forward`; the vocabulary projection is skipped, so heads that read one
+        position (or pool) are cheaper this way. Encoder-decoder models return the encoder's.
+        """
+        if len(batch) == 0:
+            raise EmptyDataError("empty batch: there is nothing to run")
+        emb, mask, types = self.embed(batch, prompt)
+        if embeds_require_grad:
+            emb = emb.detach().requires_grad_(True)
+        kwargs = {"inputs_embeds": emb, "attention_mask": mask}
+        if types is not None:
+            kwargs["token_type_ids"] = types
+        base = self.hf_model.base_model
+        if self.family.kind is ModelKind.ENCODER_DECODER:
+            base = self.hf_model.get_encoder()
+        out = base(**kwargs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return hidden, mask
+
+    def lm_logits(self, hidden: Tensor) -> Tensor:
+        """Apply the LM head to hidden states ``[..., d_model]`` (masked and causal LMs)."""
+        if self.family.hf_head is None:
+            raise NeuronLensError(
+                f"{self.family.name} reads label logits from the full forward, not from hidden states"
+            )
+        return getattr(self.hf_model, self.family.hf_head)(hidden)
 
     def hooks(self, fwd_hooks=(), bwd_hooks=()):
         """The bridge's hook context: hooks are removed on exit, also after an exception."""

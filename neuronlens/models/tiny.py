@@ -55,8 +55,11 @@ def tiny_config(
     heads: int = 2,
     vocab: int = 64,
     max_positions: int = 256,
+    **overrides,
 ) -> transformers.PretrainedConfig:
-    """A config of the given family and size (random weights are drawn by the model class)."""
+    """A config of the given family and size (random weights are drawn by the model class).
+
+    ``overrides`` set further config attributes (e.g. ``initializer_range=0.2``)."""
     common_bert = dict(
         vocab_size=vocab,
         hidden_size=d_model,
@@ -99,6 +102,8 @@ def tiny_config(
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
+            bos_token_id=SPECIAL.index("<s>"),
+            eos_token_id=SPECIAL.index("</s>"),
         )
     elif family == "llama":
         cfg = transformers.LlamaConfig(
@@ -113,6 +118,8 @@ def tiny_config(
         )
     else:
         raise UnsupportedModelError(f"no tiny config for {family!r}; choose from {FAMILIES}")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
     return cfg
 
 

@@ -1,0 +1,39 @@
+"""The probe layer: every neuron score goes through one API (see :mod:`neuronlens.probes.base`).
+
+* :func:`predictivity` - skill-neuron predictivity (robustness paper eqs. 2-5);
+* :func:`attribute` - gradient x activation attribution and its baselines (SKELETON);
+* :class:`Probe` / :func:`run_probe` - write your own; states merge across shards and
+  processes (``torchrun``);
+* :class:`NeuronScores` / :class:`NeuronSet` - scores with metadata, top-k, random controls,
+  ranks, Spearman, save / load.
+"""
+
+from neuronlens.probes.attribution import METHODS, AttributionProbe, attribute
+from neuronlens.probes.base import (
+    Probe,
+    ProbeInfo,
+    collect_state,
+    init_distributed,
+    reduce_state,
+    run_probe,
+)
+from neuronlens.probes.predictivity import BaselineProbe, NeuronAccuracyProbe, predictivity
+from neuronlens.probes.scores import NeuronScores, NeuronSet, SpearmanResult
+
+__all__ = [
+    "METHODS",
+    "AttributionProbe",
+    "BaselineProbe",
+    "NeuronAccuracyProbe",
+    "NeuronScores",
+    "NeuronSet",
+    "Probe",
+    "ProbeInfo",
+    "SpearmanResult",
+    "attribute",
+    "collect_state",
+    "init_distributed",
+    "predictivity",
+    "reduce_state",
+    "run_probe",
+]

@@ -1,0 +1,416 @@
+"""Prompt tuning on a frozen model (Lester et al. 2021), evaluation, saving.
+
+A soft prompt is ``p`` trainable vectors in embedding space, prepended to every input's
+word embeddings. Only the prompt (and a linear head, when the model answers through one)
+gets gradients; the model's weights stay bit for bit unchanged. Training uses AdamW,
+shuffled batches from a seeded generator, validation-based early stopping (the best prompt
+is kept), and a progress bar.
+
+    tuned = tune_prompt(model, get_task("sst2"), n_tokens=20, epochs=1, seed=0)
+    evaluate(model, tuned, get_task("sst2").load("dev")).accuracy
+    tuned.save("prompts/sst2-seed0");  PromptResult.load("prompts/sst2-seed0", model)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchError
+from neuronlens.io import load_result, save_result
+from neuronlens.models.model import Encoded, NeuronModel
+from neuronlens.prompts.heads import Head, LinearHead, Verbalizer, make_head
+
+DEFAULT_TOKENS = 100  # the robustness paper; SKELETON / SKIP use 20
+
+
+def init_prompt(model: NeuronModel, n_tokens: int, *, seed: int = 0) -> Tensor:
+    """``[n_tokens, d_model]`` initialised from the embeddings of random vocabulary tokens.
+
+    ``n_tokens=0`` gives an empty prompt (the model sees the plain input)."""
+    if n_tokens < 0:
+        raise NeuronLensError(f"n_tokens must be 0 or more, got {n_tokens}")
+    special = set(model.tokenizer.all_special_ids)
+    vocab = min(len(model.tokenizer), model.vocab_size)
+    pool = torch.tensor([i for i in range(vocab) if i not in special])
+    g = torch.Generator().manual_seed(seed)
+    ids = pool[torch.randint(len(pool), (n_tokens,), generator=g)]
+    return model.input_embeddings.weight[ids.to(model.device)].detach().clone()
+
+
+@dataclass
+class PromptResult:
+    """A tuned soft prompt with its head and what it was tuned on.
+
+    ``head`` is a :class:`Verbalizer` or :class:`LinearHead`; ``history`` holds one entry per
+    validation: ``{"step", "train_loss", "val_accuracy"}``.
+    """
+
+    prompt: Tensor
+    head: Head
+    task: str
+    label_space: str
+    label_names: tuple[str, ...]
+    seed: int
+    model_name: str
+    model_kind: str
+    val_accuracy: float | None = None
+    history: list[dict] = field(default_factory=list)
+    train_size: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.prompt.shape[0])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.prompt.shape[1])
+
+    def metadata(self) -> dict:
+        return {
+            "model": self.model_name,
+            "model_kind": self.model_kind,
+            "hidden_size": self.d_model,
+            "n_tokens": self.n_tokens,
+            "head": self.head.kind,
+            "verbalizer": list(self.head.words) if isinstance(self.head, Verbalizer) else None,
+            "task": self.task,
+            "label_space": self.label_space,
+            "label_names": list(self.label_names),
+            "seed": self.seed,
+            "val_accuracy": self.val_accuracy,
+            "train_size": self.train_size,
+            "history": self.history,
+        }
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write ``path.safetensors`` (prompt, linear head) and ``path.json`` (metadata)."""
+        tensors = {"prompt": self.prompt}
+        if isinstance(self.head, LinearHead):
+            tensors["head.weight"] = self.head.linear.weight
+            tensors["head.bias"] = self.head.linear.bias
+        return str(save_result(path, tensors, self.metadata(), kind="soft_prompt"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: NeuronModel) -> PromptResult:
+        """Load a saved prompt for ``model``; a model of another hidden size or kind is an error."""
+        tensors, meta = load_result(path, kind="soft_prompt")
+        if meta["hidden_size"] != model.d_model:
+            raise ShapeMismatchError(
+                f"{path}: the prompt was tuned for hidden size {meta['hidden_size']} "
+                f"({meta['model']}), but {model.name} has {model.d_model}"
+            )
+        if meta["head"] == "verbalizer" and meta["model_kind"] != model.kind.value:
+            raise NeuronLensError(
+                f"{path}: a verbalizer prompt of a {meta['model_kind']} model cannot run on "
+                f"{model.name}, a {model.kind.value} model"
+            )
+        if meta["head"] == "linear":
+            head: Head = LinearHead(model.d_model, len(meta["label_names"]))
+            with torch.no_grad():
+                head.linear.weight.copy_(tensors["head.weight"])
+                head.linear.bias.copy_(tensors["head.bias"])
+        else:
+            head = Verbalizer(model, meta["verbalizer"])
+        return cls(
+            prompt=tensors["prompt"].to(model.device, model.dtype),
+            head=head.to(model.device),
+            task=meta["task"],
+            label_space=meta["label_space"],
+            label_names=tuple(meta["label_names"]),
+            seed=meta["seed"],
+            model_name=meta["model"],
+            model_kind=meta["model_kind"],
+            val_accuracy=meta["val_accuracy"],
+            history=meta["history"],
+            train_size=meta.get("train_size", 0),
+        )
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def render_texts(model: NeuronModel, head: Head, task, data) -> list[str]:
+    """``data`` (a task split) rendered with the task's template, as this head reads it."""
+    if len(data) == 0:
+        raise EmptyDataError(f"task {task.name!r}: no examples to render")
+    texts_b = data.texts_b or (None,) * len(data)
+    return [head.render(model, task, a, b) for a, b in zip(data.texts, texts_b, strict=True)]
+
+
+def encode_task(
+    model: NeuronModel, head: Head, task, data, *, max_length: int | None = 256
+) -> Encoded:
+    """Render ``data`` (a task split) with the task's template for this head, and tokenise."""
+    return model.encode(render_texts(model, head, task, data), max_length=max_length)
+
+
+def class_logits(
+    model: NeuronModel, head: Head, prompt: Tensor | None, enc: Encoded, *, batch_size: int = 64
+) -> Tensor:
+    """``[N, n_classes]`` logits for every example, without gradients."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(enc), batch_size):
+            rows = torch.arange(
+                start, min(start + batch_size, len(enc)), device=enc.input_ids.device
+            )
+            out.append(head.class_logits(model, enc[rows], prompt).float())
+    return torch.cat(out)
+
+
+@dataclass
+class EvalResult:
+    """Accuracy (and macro F1) of a prompt on a task split."""
+
+    accuracy: float
+    macro_f1: float
+    n: int
+    predictions: Tensor
+    labels: Tensor
+    task: str
+    split: str
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalResult({self.task}/{self.split}: accuracy={self.accuracy:.4f}, "
+            f"macro_f1={self.macro_f1:.4f}, n={self.n})"
+        )
+
+
+def macro_f1(pred: Tensor, gold: Tensor, n_classes: int) -> float:
+    scores = []
+    for c in range(n_classes):
+        tp = int(((pred == c) & (gold == c)).sum())
+        fp = int(((pred == c) & (gold != c)).sum())
+        fn = int(((pred != c) & (gold == c)).sum())
+        denom = 2 * tp + fp + fn
+        scores.append(0.0 if denom == 0 else 2 * tp / denom)
+    return sum(scores) / n_classes
+
+
+def evaluate(
+    model: NeuronModel,
+    tuned: PromptResult | None,
+    data,
+    *,
+    task=None,
+    head: Head | None = None,
+    batch_size: int = 64,
+    max_length: int | None = 256,
+) -> EvalResult:
+    """Accuracy and macro F1 of a prompt on a task split (any task of the same label space).
+
+    Evaluating task A's prompt on task B's data is prompt transferability. ``tuned=None``
+    evaluates the model without a prompt (zero-shot with ``head``, a Verbalizer).
+    """
+    from neuronlens.tasks import get_task
+
+    task = task or get_task(data.task)
+    if tuned is not None:
+        if tuned.label_space != task.label_space or len(tuned.label_names) != task.num_labels:
+            raise NeuronLensError(
+                f"a prompt for {tuned.task!r} (label space {tuned.label_space!r}) cannot be "
+                f"evaluated on {task.name!r} (label space {task.label_space!r})"
+            )
+        head = tuned.head
+    if head is None:
+        raise NeuronLensError(
+            "evaluate without a prompt needs head= (e.g. Verbalizer(model, words))"
+        )
+    enc = encode_task(model, head, task, data, max_length=max_length)
+    logits = class_logits(
+        model, head, None if tuned is None else tuned.prompt, enc, batch_size=batch_size
+    )
+    pred = logits.argmax(-1).cpu()
+    gold = torch.tensor(data.labels)
+    return EvalResult(
+        accuracy=float((pred == gold).float().mean()),
+        macro_f1=macro_f1(pred, gold, task.num_labels),
+        n=len(gold),
+        predictions=pred,
+        labels=gold,
+        task=task.name,
+        split=data.split,
+    )
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def tune_prompt(
+    model: NeuronModel,
+    task,
+    *,
+    train=None,
+    validation=None,
+    head: str | Head = "auto",
+    n_tokens: int = DEFAULT_TOKENS,
+    init: Tensor | None = None,
+    epochs: float = 1.0,
+    max_steps: int | None = None,
+    batch_size: int = 16,
+    lr: float = 3e-2,
+    head_lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    eval_every: int | None = None,
+    patience: int = 3,
+    seed: int = 0,
+    max_length: int | None = 128,
+    data_dir=None,
+    progress: bool | None = None,
+) -> PromptResult:
+    """Tune a soft prompt (and a linear head) for ``task`` on a frozen ``model``.
+
+    Args:
+        task: a :class:`~neuronlens.tasks.Task` (or a registered task name).
+        train, validation: task splits; default ``task.load("train")`` and
+            ``task.load("validation")`` (from ``data_dir`` / ``$NEURONLENS_DATA_DIR``).
+        head: ``"auto"`` (verbalizer if the model has a trained LM head, else linear),
+            ``"verbalizer"``, ``"linear"`` or a :class:`Head`.
+        n_tokens: prompt length ``p`` (100 in the robustness paper, 20 for SKELETON / SKIP);
+            0 with a linear head trains the head alone (the frozen linear-probe baseline).
+        init: start from this prompt (``[p, d_model]``) instead of vocabulary embeddings,
+            e.g. to re-train a prompt after pruning.
+        epochs, max_steps: training length (``max_steps`` wins when both are given).
+        lr, head_lr: AdamW learning rates of the prompt and of a linear head.
+        eval_every: steps between validations (default: 4 times per epoch); early stopping
+            after ``patience`` validations without improvement; the best prompt is returned.
+        seed: initialisation and batch order (same seed, same prompt, bit for bit).
+    """
+    from neuronlens.tasks import get_task
+
+    if isinstance(task, str):
+        task = get_task(task)
+    train = train if train is not None else task.load("train", data_dir=data_dir)
+    if validation is None and "validation" in task.splits:
+        validation = task.load("validation", data_dir=data_dir)
+    if len(train) == 0:
+        raise EmptyDataError(f"task {task.name!r}: the training split is empty")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # linear-head initialisation
+        hd = make_head(model, head, task).to(model.device)
+    if hd.n_classes != task.num_labels:
+        raise ShapeMismatchError(
+            f"head has {hd.n_classes} classes, task {task.name!r} has {task.num_labels}"
+        )
+    prompt = init.detach().clone() if init is not None else init_prompt(model, n_tokens, seed=seed)
+    if prompt.shape[1] != model.d_model:
+        raise ShapeMismatchError(f"init prompt has width {prompt.shape[1]}, model {model.d_model}")
+    prompt = torch.nn.Parameter(prompt.to(model.device, model.dtype))
+    groups = [{"params": [prompt], "lr": lr}] if prompt.shape[0] else []
+    head_params = [p for p in hd.parameters() if p.requires_grad]
+    if head_params:
+        groups.append({"params": head_params, "lr": head_lr})
+    if not groups:
+        raise NeuronLensError(
+            "nothing to train: n_tokens=0 trains only a linear head (a frozen linear probe); "
+            "with a verbalizer use n_tokens >= 1"
+        )
+    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+    enc_train = encode_task(model, hd, task, train, max_length=max_length)
+    labels = torch.tensor(train.labels, device=model.device)
+    enc_val = (
+        None
+        if validation is None
+        else encode_task(model, hd, task, validation, max_length=max_length)
+    )
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    total = max_steps if max_steps is not None else max(1, round(epochs * steps_per_epoch))
+    eval_every = eval_every or max(1, steps_per_epoch // 4)
+
+    def val_accuracy() -> float:
+        logits = class_logits(model, hd, prompt.detach(), enc_val)
+        return float((logits.argmax(-1).cpu() == torch.tensor(validation.labels)).float().mean())
+
+    best_acc, best_state, bad, history, losses = -1.0, None, 0, [], []
+    order = torch.randperm(len(train), generator=gen)
+    cursor = 0
+    bar = tqdm(
+        total=total,
+        desc=f"prompt tuning {task.name} (seed {seed})",
+        disable=not (progress if progress is not None else total >= 20),
+        leave=False,
+    )
+    try:
+        for step in range(1, total + 1):
+            if cursor >= len(order):
+                order, cursor = torch.randperm(len(train), generator=gen), 0
+            rows = order[cursor : cursor + batch_size].to(model.device)
+            cursor += batch_size
+            logits = hd.class_logits(model, enc_train[rows], prompt)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows])
+            if not torch.isfinite(loss):
+                raise NeuronLensError(
+                    f"the training loss became {float(loss)} at step {step}; lower lr"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if enc_val is not None and (step % eval_every == 0 or step == total):
+                acc = val_accuracy()
+                history.append(
+                    {
+                        "step": step,
+                        "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:]),
+                        "val_accuracy": acc,
+                    }
+                )
+                if acc > best_acc:
+                    best_acc, bad = acc, 0
+                    best_state = (
+                        prompt.detach().clone(),
+                        {k: v.clone() for k, v in hd.state_dict().items()},
+                    )
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+    finally:
+        bar.close()
+    if best_state is not None:
+        with torch.no_grad():
+            prompt.copy_(best_state[0])
+        hd.load_state_dict(best_state[1])
+    elif not history:
+        history.append(
+            {
+                "step": total,
+                "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:]),
+                "val_accuracy": None,
+            }
+        )
+    hd.requires_grad_(False)
+    return PromptResult(
+        prompt=prompt.detach(),
+        head=hd,
+        task=task.name,
+        label_space=task.label_space,
+        label_names=tuple(task.label_names),
+        seed=seed,
+        model_name=model.name,
+        model_kind=model.kind.value,
+        val_accuracy=None if best_state is None else best_acc,
+        history=history,
+        train_size=len(train),
+    )
+
+
+def tune_prompts(
+    model: NeuronModel, task, seeds: Sequence[int] = (0, 1, 2, 3, 4), **kwargs
+) -> list[PromptResult]:
+    """:func:`tune_prompt` once per seed (the robustness paper uses 5 seeds per task)."""
+    if not seeds:
+        raise NeuronLensError("tune_prompts needs at least one seed")
+    return [tune_prompt(model, task, seed=s, **kwargs) for s in seeds]

@@ -1,0 +1,251 @@
+"""Prompt tuning, heads, evaluation and saving, on tiny random models."""
+
+import copy
+
+import pytest
+import torch
+
+import neuronlens as nl
+from neuronlens.errors import MissingLMHeadError, NeuronLensError, ShapeMismatchError
+from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
+from neuronlens.prompts import (
+    LinearHead,
+    PromptResult,
+    Verbalizer,
+    class_logits,
+    encode_task,
+    evaluate,
+    init_prompt,
+    tune_prompt,
+    tune_prompts,
+)
+from neuronlens.tasks import Task
+
+
+def word_task(n: int = 96, seed: int = 0, name: str = "wtask", label_space: str = "w2") -> Task:
+    """Label 1 iff the text contains w1 (else it contains w2): learnable by a prompt."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(k):
+        texts, labels = [], []
+        for _ in range(k):
+            y = int(torch.randint(2, (1,), generator=g))
+            words = [f"w{int(i)}" for i in torch.randint(20, 50, (4,), generator=g)]
+            words.insert(int(torch.randint(5, (1,), generator=g)), "w1" if y else "w2")
+            texts.append(" ".join(words))
+            labels.append(y)
+        return texts, labels
+
+    return Task.from_lists(
+        name,
+        label_names=("neg", "pos"),
+        template="{text} w3 {mask} .",
+        verbalizer=("w10", "w11"),
+        splits={"train": make(n), "validation": make(32), "dev": make(48)},
+        label_space=label_space,
+    )
+
+
+def _model(family: str, **kw):
+    return nl.load_model(
+        tiny_hf_model(family, seed=3, **kw), tiny_tokenizer(), name=f"tiny-{family}"
+    )
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "t5", "t5-gated", "gpt2", "llama"])
+def test_verbalizer_logits_equal_full_forward_logits(family):
+    """Reference: the full forward's logits at the answer position, label-word columns."""
+    model = _model(family)
+    task = word_task()
+    head = Verbalizer(model, task.verbalizer)
+    data = task.load("dev").take(5)
+    enc = encode_task(model, head, task, data)
+    prompt = init_prompt(model, 3, seed=1)
+    got = class_logits(model, head, prompt, enc)
+    with torch.no_grad():
+        full = model(enc, prompt=prompt)
+    ids = [model.tokenizer.convert_tokens_to_ids(w) for w in task.verbalizer]
+    for i in range(len(data)):
+        if family.startswith("t5"):
+            pos = 0
+        elif family in ("bert", "roberta"):
+            pos = 3 + enc.input_ids[i].tolist().index(model.tokenizer.mask_token_id)
+        else:
+            pos = 3 + int(enc.attention_mask[i].sum()) - 1
+        torch.testing.assert_close(got[i], full[i, pos, ids], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_rendering_cuts_at_the_mask():
+    model = _model("gpt2")
+    task = word_task()
+    head = Verbalizer(model, task.verbalizer)
+    assert head.render(model, task, "w5 w6", None) == "w5 w6 w3"
+    bert = _model("bert")
+    assert Verbalizer(bert, task.verbalizer).render(bert, task, "w5", None) == "w5 w3 [MASK] ."
+
+
+@pytest.mark.parametrize(
+    "family,head",
+    [("bert", "verbalizer"), ("gpt2", "verbalizer"), ("bert", "linear"), ("t5", "verbalizer")],
+)
+def test_training_loss_falls_and_only_the_prompt_moves(family, head):
+    # GPT-2's default init (std 0.02) makes a tiny random model nearly input-blind
+    model = _model(family, initializer_range=0.5) if family == "gpt2" else _model(family)
+    before = copy.deepcopy(model.hf_model.state_dict())
+    task = word_task()
+    res = tune_prompt(
+        model,
+        task,
+        head=head,
+        n_tokens=4,
+        max_steps=60,
+        batch_size=16,
+        lr=0.1,
+        head_lr=0.05,
+        eval_every=10,
+        patience=100,
+        progress=False,
+    )
+    first, last = res.history[0]["train_loss"], res.history[-1]["train_loss"]
+    assert last < first, res.history
+    after = model.hf_model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"model weight {k} changed"
+    assert res.prompt.shape == (4, model.d_model)
+    assert res.val_accuracy is not None
+    assert isinstance(res.head, LinearHead if head == "linear" else Verbalizer)
+
+
+def test_prompt_learns_the_task():
+    model = _model("bert", d_model=32, d_mlp=48, heads=4)
+    task = word_task(n=256)
+    res = tune_prompt(
+        model,
+        task,
+        head="linear",
+        n_tokens=4,
+        epochs=6,
+        batch_size=16,
+        lr=0.05,
+        head_lr=0.05,
+        patience=100,
+        progress=False,
+    )
+    untrained = evaluate(
+        model, None, task.load("dev"), task=task, head=LinearHead(model.d_model, 2)
+    )
+    tuned = evaluate(model, res, task.load("dev"), task=task)
+    assert tuned.accuracy >= 0.85 > untrained.accuracy
+    probe = tune_prompt(
+        model,
+        task,
+        head="linear",
+        n_tokens=0,
+        epochs=6,
+        batch_size=16,
+        head_lr=0.05,
+        patience=100,
+        progress=False,
+    )
+    assert probe.n_tokens == 0
+    assert evaluate(model, probe, task.load("dev"), task=task).n == 48
+
+
+def test_same_seed_same_prompt_bit_for_bit():
+    task = word_task()
+    runs = [
+        tune_prompt(
+            _model("bert"), task, n_tokens=3, max_steps=8, eval_every=4, seed=5, progress=False
+        )
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0].prompt, runs[1].prompt)
+    other = tune_prompt(
+        _model("bert"), task, n_tokens=3, max_steps=8, eval_every=4, seed=6, progress=False
+    )
+    assert not torch.equal(runs[0].prompt, other.prompt)
+
+
+def test_tune_prompts_with_several_seeds():
+    res = tune_prompts(
+        _model("gpt2"), word_task(), seeds=(0, 1), n_tokens=2, max_steps=3, progress=False
+    )
+    assert [r.seed for r in res] == [0, 1]
+    assert not torch.equal(res[0].prompt, res[1].prompt)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = _model("bert")
+    task = word_task()
+    for head in ("linear", "verbalizer"):
+        res = tune_prompt(
+            model, task, head=head, n_tokens=3, max_steps=5, eval_every=5, progress=False
+        )
+        path = res.save(tmp_path / f"p-{head}")
+        assert (tmp_path / f"p-{head}.json").is_file()
+        back = PromptResult.load(path, model)
+        assert torch.equal(back.prompt, res.prompt)
+        assert back.metadata() == res.metadata()
+        dev = task.load("dev")
+        a = evaluate(model, res, dev, task=task)
+        b = evaluate(model, back, dev, task=task)
+        assert torch.equal(a.predictions, b.predictions)
+    meta = back.metadata()
+    assert meta["hidden_size"] == model.d_model and meta["task"] == "wtask"
+
+
+def test_loading_into_another_model_is_an_error(tmp_path):
+    task = word_task()
+    res = tune_prompt(_model("bert"), task, n_tokens=3, max_steps=2, progress=False)
+    res.save(tmp_path / "p")
+    with pytest.raises(ShapeMismatchError, match="hidden size"):
+        PromptResult.load(tmp_path / "p", _model("bert", d_model=32, heads=4))
+    with pytest.raises(NeuronLensError, match="cannot run"):
+        PromptResult.load(tmp_path / "p", _model("gpt2"))
+    with pytest.raises(NeuronLensError, match="not a"):
+        from neuronlens.io import load_result
+
+        load_result(tmp_path / "p", kind="neuron_scores")
+
+
+def test_verbalizer_on_headless_model_is_an_error(tmp_path):
+    from transformers import BertModel
+
+    base = BertModel(tiny_hf_model("bert").config)
+    base.config.architectures = ["BertModel"]
+    base.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    model = nl.load_model(tmp_path)
+    with pytest.raises(MissingLMHeadError):
+        Verbalizer(model, ("w10", "w11"))
+    with pytest.raises(MissingLMHeadError):
+        tune_prompt(model, word_task(), head="verbalizer", max_steps=1, progress=False)
+    res = tune_prompt(model, word_task(), n_tokens=2, max_steps=2, progress=False)  # auto: linear
+    assert isinstance(res.head, LinearHead)
+
+
+def test_transfer_needs_the_same_label_space():
+    model = _model("bert")
+    a = word_task(name="a", label_space="w2")
+    b = word_task(seed=1, name="b", label_space="w2")
+    c = word_task(seed=2, name="c", label_space="other")
+    res = tune_prompt(model, a, n_tokens=2, max_steps=2, progress=False)
+    assert evaluate(model, res, b.load("dev"), task=b).n == 48  # A's prompt on B
+    with pytest.raises(NeuronLensError, match="label space"):
+        evaluate(model, res, c.load("dev"), task=c)
+
+
+def test_bad_inputs():
+    model = _model("bert")
+    task = word_task()
+    with pytest.raises(NeuronLensError, match="single token"):
+        Verbalizer(model, ("w10 w11", "w12"))
+    with pytest.raises(NeuronLensError, match="0 or more"):
+        init_prompt(model, -1)
+    with pytest.raises(NeuronLensError, match="nothing to train"):
+        tune_prompt(model, task, head="verbalizer", n_tokens=0, max_steps=1, progress=False)
+    with pytest.raises(ShapeMismatchError):
+        tune_prompt(model, task, init=torch.zeros(3, 7), max_steps=1, progress=False)
+    with pytest.raises(NeuronLensError, match="unknown head"):
+        tune_prompt(model, task, head="mlp", max_steps=1, progress=False)
