@@ -80,6 +80,7 @@ class PromptResult:
             "n_tokens": self.n_tokens,
             "head": self.head.kind,
             "verbalizer": list(self.head.words) if isinstance(self.head, Verbalizer) else None,
+            "pool": self.head.pool if isinstance(self.head, LinearHead) else None,
             "task": self.task,
             "label_space": self.label_space,
             "label_names": list(self.label_names),
@@ -112,7 +113,9 @@ class PromptResult:
                 f"{model.name}, a {model.kind.value} model"
             )
         if meta["head"] == "linear":
-            head: Head = LinearHead(model.d_model, len(meta["label_names"]))
+            head: Head = LinearHead(
+                model.d_model, len(meta["label_names"]), meta.get("pool") or "input"
+            )
             with torch.no_grad():
                 head.linear.weight.copy_(tensors["head.weight"])
                 head.linear.bias.copy_(tensors["head.bias"])
@@ -204,12 +207,15 @@ def evaluate(
     head: Head | None = None,
     batch_size: int = 64,
     max_length: int | None = 256,
+    interventions=None,
 ) -> EvalResult:
     """Accuracy and macro F1 of a prompt on a task split (any task of the same label space).
 
     Evaluating task A's prompt on task B's data is prompt transferability. ``tuned=None``
     evaluates the model without a prompt (zero-shot with ``head``, a Verbalizer).
+    ``interventions`` (see :mod:`neuronlens.interventions`) are applied during the evaluation.
     """
+    from neuronlens.interventions import as_interventions, intervene
     from neuronlens.tasks import get_task
 
     task = task or get_task(data.task)
@@ -225,9 +231,10 @@ def evaluate(
             "evaluate without a prompt needs head= (e.g. Verbalizer(model, words))"
         )
     enc = encode_task(model, head, task, data, max_length=max_length)
-    logits = class_logits(
-        model, head, None if tuned is None else tuned.prompt, enc, batch_size=batch_size
-    )
+    prompt = None if tuned is None or tuned.n_tokens == 0 else tuned.prompt
+    n_prompt = 0 if prompt is None else prompt.shape[0]
+    with intervene(model, *as_interventions(interventions), n_prompt=n_prompt):
+        logits = class_logits(model, head, prompt, enc, batch_size=batch_size)
     pred = logits.argmax(-1).cpu()
     gold = torch.tensor(data.labels)
     return EvalResult(

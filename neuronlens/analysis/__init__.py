@@ -1,0 +1,32 @@
+"""Ablation studies: suppression curves, cross suppression, task specificity, adversarial
+analysis, prompt transferability, distributions (see :mod:`neuronlens.analysis.studies`)."""
+
+from neuronlens.analysis.studies import (
+    AdversarialAnalysis,
+    CrossSuppression,
+    Distributions,
+    SuppressionCurve,
+    TaskSpecificity,
+    Transferability,
+    adversarial_analysis,
+    cross_suppression,
+    distributions,
+    suppression_curve,
+    task_specificity,
+    transferability,
+)
+
+__all__ = [
+    "AdversarialAnalysis",
+    "CrossSuppression",
+    "Distributions",
+    "SuppressionCurve",
+    "TaskSpecificity",
+    "Transferability",
+    "adversarial_analysis",
+    "cross_suppression",
+    "distributions",
+    "suppression_curve",
+    "task_specificity",
+    "transferability",
+]

@@ -1,0 +1,539 @@
+"""Ablation studies as library calls (robustness paper §4; mission §4).
+
+Each returns a result object with ``rows()`` (a table as a list of dicts), ``to_markdown()``
+and ``figure()`` (a Plotly figure; ``figure().write_html(path)`` saves it standalone).
+
+* :func:`suppression_curve` - accuracy while suppressing the top 0-15 % neurons vs the same
+  per-layer counts of random neurons (several seeded repeats, mean and spread);
+* :func:`cross_suppression` - the neuron set of dataset A suppressed while evaluating B;
+* :func:`task_specificity` - Spearman matrix of neuron scores between datasets (per layer,
+  then averaged; per-layer p-values kept), and its z-score normalised version;
+* :func:`adversarial_analysis` - predictivity on an adversarial set with the clean baselines,
+  and its correlation with the clean predictivity;
+* :func:`transferability` - accuracy of each task's prompt on each task, absolute and
+  relative to the target task's own prompt;
+* :func:`distributions` - per dataset, predictivity and neuron-accuracy summaries next to
+  the model's accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from neuronlens.errors import NeuronLensError, ShapeMismatchError
+from neuronlens.interventions import Zero
+from neuronlens.models.model import NeuronModel
+from neuronlens.probes.scores import NeuronScores, NeuronSet
+from neuronlens.prompts.tuning import PromptResult, evaluate
+
+
+def _markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+class _Table:
+    def rows(self) -> list[dict]:
+        raise NotImplementedError
+
+    def to_markdown(self) -> str:
+        return _markdown(self.rows())
+
+
+# ---------------------------------------------------------------------------- suppression
+
+
+@dataclass
+class SuppressionCurve(_Table):
+    """Accuracy vs percent of neurons suppressed: top neurons and random controls."""
+
+    percents: list[float]
+    top: list[float]
+    random: list[list[float]]  # [percent][repeat]
+    counts: list[int]
+    method: str
+    dataset: str
+    per_layer: bool
+
+    def rows(self) -> list[dict]:
+        return [
+            {
+                "percent": p,
+                "neurons": c,
+                "acc_top": t,
+                "acc_random_mean": float(np.mean(r)),
+                "acc_random_std": float(np.std(r)),
+            }
+            for p, c, t, r in zip(self.percents, self.counts, self.top, self.random, strict=True)
+        ]
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        mean = np.array([np.mean(r) for r in self.random])
+        std = np.array([np.std(r) for r in self.random])
+        fig = go.Figure()
+        fig.add_trace(
+            go.Scatter(
+                x=self.percents + self.percents[::-1],
+                y=list(mean + std) + list((mean - std)[::-1]),
+                fill="toself",
+                line={"width": 0},
+                fillcolor="rgba(120,120,120,0.25)",
+                name="random ± std",
+                hoverinfo="skip",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=self.percents,
+                y=mean,
+                mode="lines+markers",
+                name="random neurons",
+                line={"color": "gray", "dash": "dash"},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=self.percents,
+                y=self.top,
+                mode="lines+markers",
+                name=f"top {self.method} neurons",
+                line={"color": "crimson"},
+            )
+        )
+        fig.update_layout(
+            title=f"Suppression on {self.dataset}",
+            xaxis_title="% neurons suppressed",
+            yaxis_title="accuracy",
+            template="plotly_white",
+        )
+        return fig
+
+
+def suppression_curve(
+    model: NeuronModel,
+    tuned: PromptResult,
+    data,
+    scores: NeuronScores,
+    *,
+    task=None,
+    percents: Sequence[float] = (0, 1, 3, 5, 7, 10, 15),
+    per_layer: bool = False,
+    random_repeats: int = 3,
+    seed: int = 0,
+    positions: str = "all",
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> SuppressionCurve:
+    """Suppress (zero) the top ``p`` % neurons by ``scores`` and the same per-layer counts of
+    random neurons (``random_repeats`` seeds), and evaluate ``tuned`` on ``data``."""
+    if random_repeats < 1:
+        raise NeuronLensError("random_repeats must be at least 1")
+    top, rnd, counts = [], [], []
+    bar = tqdm(
+        percents,
+        desc="suppression curve",
+        disable=not (progress if progress is not None else len(percents) > 3),
+        leave=False,
+    )
+    for p in bar:
+        nset = scores.top(percent=p, per_layer=per_layer)
+        counts.append(nset.count)
+        top.append(
+            evaluate(
+                model,
+                tuned,
+                data,
+                task=task,
+                batch_size=batch_size,
+                interventions=[Zero(nset, positions)],
+            ).accuracy
+        )
+        rnd.append(
+            [
+                evaluate(
+                    model,
+                    tuned,
+                    data,
+                    task=task,
+                    batch_size=batch_size,
+                    interventions=[Zero(nset.random_control(seed + r), positions)],
+                ).accuracy
+                for r in range(random_repeats)
+            ]
+        )
+    return SuppressionCurve(
+        list(percents), top, rnd, counts, scores.method, getattr(data, "task", "data"), per_layer
+    )
+
+
+# ---------------------------------------------------------------------------- cross suppression
+
+
+@dataclass
+class CrossSuppression(_Table):
+    """``accuracy[a][b]``: accuracy on dataset ``b`` with the neuron set of ``a`` suppressed
+    (``a = "none"``: nothing suppressed)."""
+
+    accuracy: dict[str, dict[str, float]]
+
+    def rows(self) -> list[dict]:
+        return [
+            {"neurons_of": a, **{f"eval_{b}": v for b, v in row.items()}}
+            for a, row in self.accuracy.items()
+        ]
+
+    def figure(self):
+        return _heatmap(
+            self.accuracy, "Cross suppression: accuracy", "evaluated on", "neurons suppressed from"
+        )
+
+
+def cross_suppression(
+    model: NeuronModel,
+    tuned: PromptResult,
+    datasets: Mapping[str, object],
+    neuron_sets: Mapping[str, NeuronSet],
+    *,
+    task=None,
+    positions: str = "all",
+    batch_size: int = 64,
+) -> CrossSuppression:
+    """Evaluate every dataset with every neuron set suppressed (and with none)."""
+    acc: dict[str, dict[str, float]] = {"none": {}}
+    for b, data in datasets.items():
+        acc["none"][b] = evaluate(model, tuned, data, task=task, batch_size=batch_size).accuracy
+    for a, nset in neuron_sets.items():
+        acc[a] = {
+            b: evaluate(
+                model,
+                tuned,
+                data,
+                task=task,
+                batch_size=batch_size,
+                interventions=[Zero(nset, positions)],
+            ).accuracy
+            for b, data in datasets.items()
+        }
+    return CrossSuppression(acc)
+
+
+# ---------------------------------------------------------------------------- specificity
+
+
+@dataclass
+class TaskSpecificity(_Table):
+    """Spearman rho between datasets' neuron scores: per layer, averaged over layers.
+
+    ``rho[i][j]`` is the layer-averaged rho; ``per_layer_rho`` / ``per_layer_p`` are
+    ``[n, n, layers]`` arrays (p-values are per layer; they are never averaged).
+    """
+
+    names: list[str]
+    rho: np.ndarray
+    per_layer_rho: np.ndarray
+    per_layer_p: np.ndarray
+    layers: list[str]
+
+    @property
+    def zscore(self) -> np.ndarray:
+        """The rho matrix z-score normalised over its off-diagonal entries."""
+        off = ~np.eye(len(self.names), dtype=bool)
+        vals = self.rho[off]
+        std = vals.std() if vals.size > 1 else 0.0
+        return (self.rho - vals.mean()) / (std if std > 1e-12 else 1.0)
+
+    def rows(self) -> list[dict]:
+        out = []
+        for i, a in enumerate(self.names):
+            for j, b in enumerate(self.names):
+                out.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "rho": float(self.rho[i, j]),
+                        "z": float(self.zscore[i, j]),
+                        "layers_p_below_0.05": int((self.per_layer_p[i, j] < 0.05).sum()),
+                    }
+                )
+        return out
+
+    def figure(self, z: bool = False):
+        m = self.zscore if z else self.rho
+        data = {
+            a: {b: float(m[i, j]) for j, b in enumerate(self.names)}
+            for i, a in enumerate(self.names)
+        }
+        return _heatmap(data, "Task specificity (Spearman" + (", z-scored)" if z else ")"), "", "")
+
+
+def task_specificity(scores: Mapping[str, NeuronScores]) -> TaskSpecificity:
+    """Spearman correlations of neuron scores between every pair of datasets."""
+    names = list(scores)
+    if len(names) < 2:
+        raise NeuronLensError("task specificity needs scores of at least two datasets")
+    first = scores[names[0]]
+    for n in names[1:]:
+        if scores[n].widths != first.widths:
+            raise ShapeMismatchError(
+                f"scores of {n!r} cover other sites than those of {names[0]!r}"
+            )
+    layers = [s.name for s in first.sites]
+    k = len(names)
+    pr = np.zeros((k, k, len(layers)))
+    pp = np.zeros((k, k, len(layers)))
+    for i in range(k):
+        for j in range(i, k):
+            res = scores[names[i]].spearman(scores[names[j]])
+            pr[i, j] = pr[j, i] = [res.rho[s] for s in layers]
+            pp[i, j] = pp[j, i] = [res.p_value[s] for s in layers]
+    return TaskSpecificity(names, pr.mean(-1), pr, pp, layers)
+
+
+# ---------------------------------------------------------------------------- adversarial
+
+
+@dataclass
+class AdversarialAnalysis(_Table):
+    """Clean and adversarial predictivity (same clean baselines) and their correlation."""
+
+    clean: NeuronScores
+    adversarial: NeuronScores
+    spearman: float
+    top_percent: float
+
+    def rows(self) -> list[dict]:
+        top = self.clean.top(percent=self.top_percent)
+        out = []
+        for s in self.clean.sites:
+            idx = top.indices[s.name]
+            row = {
+                "site": s.name,
+                "clean_mean": float(self.clean[s.name].mean()),
+                "adv_mean": float(self.adversarial[s.name].mean()),
+                "clean_max": float(self.clean[s.name].max()),
+                "adv_max": float(self.adversarial[s.name].max()),
+                "top_neurons": int(idx.numel()),
+                "top_clean": float(self.clean[s.name][idx].mean()) if idx.numel() else float("nan"),
+                "top_adv": float(self.adversarial[s.name][idx].mean())
+                if idx.numel()
+                else float("nan"),
+            }
+            out.append(row)
+        return out
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        x, y = self.clean.flat().numpy(), self.adversarial.flat().numpy()
+        fig = go.Figure(go.Scattergl(x=x, y=y, mode="markers", marker={"size": 3, "opacity": 0.4}))
+        fig.update_layout(
+            title=f"Predictivity: clean vs adversarial (Spearman {self.spearman:.3f})",
+            xaxis_title="clean",
+            yaxis_title="adversarial",
+            template="plotly_white",
+        )
+        return fig
+
+
+def adversarial_analysis(
+    model: NeuronModel,
+    prompts,
+    task,
+    train,
+    dev,
+    adversarial_dev,
+    *,
+    one_vs_rest: int | None = None,
+    top_percent: float = 1.0,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> AdversarialAnalysis:
+    """Predictivity on ``dev`` (baselines from ``train``) and on ``adversarial_dev`` with the
+    same clean baselines; Spearman (per layer, averaged) between the two."""
+    from neuronlens.probes.predictivity import predictivity
+
+    clean = predictivity(
+        model,
+        prompts,
+        task,
+        dev,
+        train=train,
+        one_vs_rest=one_vs_rest,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    adv = predictivity(
+        model,
+        prompts,
+        task,
+        adversarial_dev,
+        baselines=clean,
+        one_vs_rest=one_vs_rest,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return AdversarialAnalysis(clean, adv, clean.spearman(adv).mean, top_percent)
+
+
+# ---------------------------------------------------------------------------- transfer
+
+
+@dataclass
+class Transferability(_Table):
+    """``absolute[src][tgt]``: accuracy of ``src``'s prompt on ``tgt``; ``relative``: divided
+    by ``tgt``'s own prompt's accuracy (when ``tgt`` has a prompt)."""
+
+    absolute: dict[str, dict[str, float]]
+    relative: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        return [
+            {"prompt_of": s, **{f"on_{t}": v for t, v in row.items()}}
+            for s, row in self.absolute.items()
+        ]
+
+    def figure(self, relative: bool = False):
+        data = self.relative if relative else self.absolute
+        return _heatmap(
+            data,
+            "Prompt transferability" + (" (relative)" if relative else ""),
+            "evaluated on",
+            "prompt of",
+        )
+
+
+def transferability(
+    model: NeuronModel,
+    prompts: Mapping[str, PromptResult],
+    targets: Mapping[str, tuple[object, object]],
+    *,
+    batch_size: int = 64,
+) -> Transferability:
+    """Accuracy of each prompt on each target ``(task, data)`` of the same label space."""
+    absolute: dict[str, dict[str, float]] = {}
+    for src, pr in prompts.items():
+        absolute[src] = {}
+        for tgt, (task, data) in targets.items():
+            if task.label_space != pr.label_space:
+                continue
+            absolute[src][tgt] = evaluate(
+                model, pr, data, task=task, batch_size=batch_size
+            ).accuracy
+    relative = {
+        src: {
+            t: v / absolute[t][t]
+            for t, v in row.items()
+            if t in absolute and t in absolute[t] and absolute[t][t] > 0
+        }
+        for src, row in absolute.items()
+    }
+    return Transferability(absolute, relative)
+
+
+# ---------------------------------------------------------------------------- distributions
+
+
+@dataclass
+class Distributions(_Table):
+    """Per dataset: predictivity and neuron-accuracy quartiles, and the model's accuracy."""
+
+    scores: dict[str, NeuronScores]
+    model_accuracy: dict[str, float]
+
+    def rows(self) -> list[dict]:
+        out = []
+        for name, sc in self.scores.items():
+            pred = sc.flat().numpy()
+            acc = (
+                np.concatenate([sc.extra["accuracy"][s.name].numpy() for s in sc.sites])
+                if "accuracy" in sc.extra
+                else np.full(1, np.nan)
+            )
+            q = np.percentile(pred, [25, 50, 75])
+            out.append(
+                {
+                    "dataset": name,
+                    "model_accuracy": self.model_accuracy.get(name, float("nan")),
+                    "pred_q1": float(q[0]),
+                    "pred_median": float(q[1]),
+                    "pred_q3": float(q[2]),
+                    "pred_max": float(pred.max()),
+                    "neuron_acc_mean": float(np.nanmean(acc)),
+                    "neuron_acc_min": float(np.nanmin(acc)),
+                    "neuron_acc_max": float(np.nanmax(acc)),
+                }
+            )
+        return out
+
+    def figure(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(
+            rows=2, cols=1, shared_xaxes=True, row_heights=[0.3, 0.7], vertical_spacing=0.05
+        )
+        names = list(self.scores)
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[self.model_accuracy.get(n, np.nan) for n in names],
+                name="model accuracy",
+                marker_color="steelblue",
+            ),
+            row=1,
+            col=1,
+        )
+        for n in names:
+            fig.add_trace(
+                go.Box(y=self.scores[n].flat().numpy(), name=n, boxpoints=False, showlegend=False),
+                row=2,
+                col=1,
+            )
+        fig.update_yaxes(title_text="accuracy", row=1, col=1)
+        fig.update_yaxes(title_text="neuron predictivity", row=2, col=1)
+        fig.update_layout(title="Predictivity distributions", template="plotly_white")
+        return fig
+
+
+def distributions(
+    scores: Mapping[str, NeuronScores], model_accuracy: Mapping[str, float]
+) -> Distributions:
+    """Summaries of each dataset's neuron predictivities next to the model's accuracy."""
+    if not scores:
+        raise NeuronLensError("distributions needs scores of at least one dataset")
+    return Distributions(dict(scores), dict(model_accuracy))
+
+
+def _heatmap(data: Mapping[str, Mapping[str, float]], title: str, xlabel: str, ylabel: str):
+    import plotly.graph_objects as go
+
+    rows = list(data)
+    cols = sorted(
+        {c for r in data.values() for c in r},
+        key=lambda c: (c not in rows, rows.index(c) if c in rows else 0, c),
+    )
+    z = [[data[r].get(c, np.nan) for c in cols] for r in rows]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=cols,
+            y=rows,
+            colorscale="Viridis",
+            text=[[f"{v:.3f}" for v in row] for row in z],
+            texttemplate="%{text}",
+            hovertemplate="%{y} → %{x}: %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, template="plotly_white")
+    return fig
