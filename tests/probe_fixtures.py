@@ -4,7 +4,14 @@ import torch
 
 import neuronlens as nl
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
-from neuronlens.prompts import LinearHead, PromptResult, Verbalizer, init_prompt
+from neuronlens.prompts import (
+    LinearHead,
+    PromptResult,
+    Verbalizer,
+    class_logits,
+    encode_task,
+    init_prompt,
+)
 from neuronlens.tasks import Task
 
 
@@ -60,3 +67,44 @@ def fake_prompt(
         model_name=model.name,
         model_kind=model.kind.value,
     )
+
+
+def planted_model():
+    """A 1-layer BERT where neuron 7 fires on token w1 and alone carries the label."""
+    hf = tiny_hf_model("bert", layers=1, seed=5)
+    tok = tiny_tokenizer()
+    w1 = tok.convert_tokens_to_ids("w1")
+    with torch.no_grad():
+        emb = hf.bert.embeddings.word_embeddings.weight
+        emb[w1].zero_()
+        emb[w1, 0] = 8.0
+        layer = hf.bert.encoder.layer[0]
+        layer.attention.output.dense.weight.zero_()
+        layer.attention.output.dense.bias.zero_()
+        layer.intermediate.dense.weight[7].zero_()
+        layer.intermediate.dense.weight[7, 0] = 3.0
+        layer.intermediate.dense.bias[7] = -6.0
+        layer.output.dense.weight[:, 7].zero_()
+        layer.output.dense.weight[1, 7] = 3.0  # writes the label direction ...
+        layer.output.dense.weight[0, 7] = -0.7  # ... and erases the token's own trace
+    return nl.load_model(hf, tok, name="planted")
+
+
+def planted_probe(model, task):
+    """A hand-set linear head reading only the planted neuron's label direction."""
+    probe = fake_prompt(model, task, n_tokens=0, head="linear")
+    # the head reads only the label direction (dim 1), thresholded between the class means
+    lin = probe.head.linear
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[1, 1] = 1.0
+        train = task.load("train")
+        x1 = class_logits(model, probe.head, None, encode_task(model, probe.head, task, train))[
+            :, 1
+        ]
+        y = torch.tensor(train.labels)
+        threshold = (x1[y == 1].mean() + x1[y == 0].mean()) / 2
+        lin.weight[1, 1] = 10.0
+        lin.bias[1] = -10.0 * threshold
+    return probe

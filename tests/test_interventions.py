@@ -18,10 +18,10 @@ from neuronlens.errors import NeuronLensError
 from neuronlens.interventions import Noise, Replace, Retain, Zero, activation_stats, intervene
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
 from neuronlens.probes import NeuronSet, attribute, predictivity
-from neuronlens.prompts import class_logits, encode_task, evaluate
+from neuronlens.prompts import evaluate
 
 from .conftest import all_hook_counts, random_texts
-from .probe_fixtures import fake_prompt, tiny, word_task
+from .probe_fixtures import fake_prompt, planted_model, planted_probe, tiny, word_task
 
 
 def _all_neurons(model, site):
@@ -120,44 +120,9 @@ def test_activation_stats_match_stored_activations():
         )
 
 
-def planted_model():
-    """A 1-layer BERT where neuron 7 fires on token w1 and alone carries the label."""
-    hf = tiny_hf_model("bert", layers=1, seed=5)
-    tok = tiny_tokenizer()
-    w1 = tok.convert_tokens_to_ids("w1")
-    with torch.no_grad():
-        emb = hf.bert.embeddings.word_embeddings.weight
-        emb[w1].zero_()
-        emb[w1, 0] = 8.0
-        layer = hf.bert.encoder.layer[0]
-        layer.attention.output.dense.weight.zero_()
-        layer.attention.output.dense.bias.zero_()
-        layer.intermediate.dense.weight[7].zero_()
-        layer.intermediate.dense.weight[7, 0] = 3.0
-        layer.intermediate.dense.bias[7] = -6.0
-        layer.output.dense.weight[:, 7].zero_()
-        layer.output.dense.weight[1, 7] = 3.0  # writes the label direction ...
-        layer.output.dense.weight[0, 7] = -0.7  # ... and erases the token's own trace
-    return nl.load_model(hf, tok, name="planted")
-
-
 def test_planted_neuron_is_found_and_suppressing_it_hurts_more_than_random():
     model, task = planted_model(), word_task(n=80)
-    # the head reads only the label direction (dim 1), thresholded between the class means
-    probe = fake_prompt(model, task, n_tokens=0, head="linear")
-    lin = probe.head.linear
-    with torch.no_grad():
-        lin.weight.zero_()
-        lin.bias.zero_()
-        lin.weight[1, 1] = 1.0
-        train = task.load("train")
-        x1 = class_logits(model, probe.head, None, encode_task(model, probe.head, task, train))[
-            :, 1
-        ]
-        y = torch.tensor(train.labels)
-        threshold = (x1[y == 1].mean() + x1[y == 0].mean()) / 2
-        lin.weight[1, 1] = 10.0
-        lin.bias[1] = -10.0 * threshold
+    probe = planted_probe(model, task)
     dev = task.load("dev")
     assert evaluate(model, probe, dev, task=task).accuracy >= 0.95
     scores = attribute(model, probe, task, task.load("train"), n=20, progress=False)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
+from transformers.pytorch_utils import Conv1D
 
 from neuronlens.errors import (
     EmptyDataError,
@@ -348,6 +349,6 @@ def _ffn_width(block: torch.nn.Module) -> int:
     """Number of neurons of a bridge block's FFN, read from its second linear's weight."""
     out = _unwrap(block.mlp.out)
     weight = out.weight
-    if type(out).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+    if isinstance(out, Conv1D):  # GPT-2 stores [in, out]
         return int(weight.shape[0])
     return int(weight.shape[1])

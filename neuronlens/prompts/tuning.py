@@ -271,14 +271,16 @@ def tune_prompt(
     seed: int = 0,
     max_length: int | None = 128,
     data_dir=None,
+    val_limit: int | None = 500,
     progress: bool | None = None,
 ) -> PromptResult:
     """Tune a soft prompt (and a linear head) for ``task`` on a frozen ``model``.
 
     Args:
         task: a :class:`~neuronlens.tasks.Task` (or a registered task name).
-        train, validation: task splits; default ``task.load("train")`` and
-            ``task.load("validation")`` (from ``data_dir`` / ``$NEURONLENS_DATA_DIR``).
+        train, validation: task splits; default ``task.load("train")`` and a seeded subset
+            of ``val_limit`` examples of ``task.load("validation")`` (from ``data_dir`` /
+            ``$NEURONLENS_DATA_DIR``); ``validation=False``: no validation, no early stopping.
         head: ``"auto"`` (verbalizer if the model has a trained LM head, else linear),
             ``"verbalizer"``, ``"linear"`` or a :class:`Head`.
         n_tokens: prompt length ``p`` (100 in the robustness paper, 20 for SKELETON / SKIP);
@@ -296,8 +298,12 @@ def tune_prompt(
     if isinstance(task, str):
         task = get_task(task)
     train = train if train is not None else task.load("train", data_dir=data_dir)
-    if validation is None and "validation" in task.splits:
+    if validation is False:  # explicitly none: fixed number of steps, no early stopping
+        validation = None
+    elif validation is None and "validation" in task.splits:
         validation = task.load("validation", data_dir=data_dir)
+        if val_limit is not None:
+            validation = validation.subset(val_limit, seed=0)
     if len(train) == 0:
         raise EmptyDataError(f"task {task.name!r}: the training split is empty")
     gen = torch.Generator().manual_seed(seed)

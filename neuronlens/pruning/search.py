@@ -1,0 +1,243 @@
+"""SKELETON and SKIP: find how many FFN neurons can go within an accuracy margin.
+
+SKELETON (Algorithm 1): from a tuned prompt with accuracy ``s``, score every target neuron
+(attribution on ``n = 20`` examples by default), sort them over the whole model, then binary
+search the kept ratio ``p`` in steps of 5 %: prune to the top-``p`` neurons, re-train the
+prompt starting from the tuned one, accept when ``s - s' <= psi`` (psi = 1 point). The
+smallest accepted model is returned with its accuracy, kept ratio and the search history.
+
+SKIP: the prompt was tuned until the training loss converged; prune without re-training,
+searching in 1 % steps on a small evaluation subset (< 10 % of the evaluation set).
+
+The scoring method is a parameter (``attribution``, ``activation``, ``gradient``,
+``random``), so SKELETON's comparison of neuron-selection methods can be reproduced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from neuronlens.errors import NeuronLensError
+from neuronlens.models.model import NeuronModel
+from neuronlens.probes.attribution import attribute
+from neuronlens.probes.scores import NeuronScores
+from neuronlens.prompts.tuning import PromptResult, evaluate, tune_prompt
+from neuronlens.pruning.prune import prune_model
+
+
+@dataclass
+class SearchStep:
+    kept_ratio: float
+    n_kept: int
+    accuracy: float
+    accepted: bool
+    seconds: float
+
+
+@dataclass
+class SearchResult:
+    """The smallest accepted pruned model, its prompt, and the search history."""
+
+    model: NeuronModel
+    prompt: PromptResult
+    kept_ratio: float
+    accuracy: float
+    base_accuracy: float
+    psi: float
+    method: str
+    scores: NeuronScores
+    history: list[SearchStep] = field(default_factory=list)
+
+    @property
+    def removed_ratio(self) -> float:
+        return 1.0 - self.kept_ratio
+
+    def rows(self) -> list[dict]:
+        return [vars(s) for s in self.history]
+
+    def __repr__(self) -> str:
+        return (
+            f"SearchResult({self.method}: kept {self.kept_ratio:.0%} of FFN neurons, accuracy "
+            f"{self.accuracy:.4f} vs {self.base_accuracy:.4f} (psi {self.psi} points), "
+            f"{len(self.history)} steps)"
+        )
+
+
+def keep_top(model: NeuronModel, scores: NeuronScores, ratio: float) -> NeuronModel:
+    """Prune ``model`` to the top ``ratio`` of its neurons by ``scores`` (over the whole model)."""
+    keep = scores.top(percent=100.0 * ratio)
+    return prune_model(model, keep, description=f"top {ratio:.0%} by {scores.method}")
+
+
+def _search(
+    model: NeuronModel,
+    tuned: PromptResult,
+    task,
+    eval_data,
+    scores: NeuronScores,
+    *,
+    step: float,
+    psi: float,
+    retrain: dict | None,
+    train,
+    validation,
+    batch_size: int,
+    progress: bool | None,
+) -> SearchResult:
+    if not 0 < step <= 0.5:
+        raise NeuronLensError(f"step must be within (0, 0.5], got {step}")
+    base = evaluate(model, tuned, eval_data, task=task, batch_size=batch_size).accuracy
+    n_steps = round(1 / step)
+    lo, hi = 0, n_steps  # kept ratio = index * step; hi (everything kept) is always acceptable
+    best = (model, tuned, 1.0, base)
+    history: list[SearchStep] = []
+    bar = tqdm(
+        total=math.ceil(math.log2(n_steps + 1)),
+        desc=f"pruning search ({scores.method})",
+        disable=not (progress if progress is not None else True),
+        leave=False,
+    )
+    try:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            ratio = mid * step
+            t0 = time.perf_counter()
+            pruned = keep_top(model, scores, ratio)
+            prompt = tuned
+            if retrain is not None:
+                prompt = tune_prompt(
+                    pruned,
+                    task,
+                    train=train,
+                    validation=validation,
+                    head=_copy_head(tuned),
+                    init=tuned.prompt,
+                    n_tokens=tuned.n_tokens,
+                    seed=tuned.seed,
+                    progress=False,
+                    **retrain,
+                )
+            acc = evaluate(pruned, prompt, eval_data, task=task, batch_size=batch_size).accuracy
+            accepted = 100.0 * (base - acc) <= psi
+            history.append(
+                SearchStep(
+                    ratio, pruned.pruning.n_kept, acc, accepted, round(time.perf_counter() - t0, 2)
+                )
+            )
+            if accepted:
+                hi = mid
+                best = (pruned, prompt, ratio, acc)
+            else:
+                lo = mid + 1
+            bar.update(1)
+    finally:
+        bar.close()
+    pruned, prompt, ratio, acc = best
+    return SearchResult(pruned, prompt, ratio, acc, base, psi, scores.method, scores, history)
+
+
+def _copy_head(tuned: PromptResult):
+    head = copy.deepcopy(tuned.head)
+    head.requires_grad_(True)
+    return head
+
+
+def skeleton_search(
+    model: NeuronModel,
+    tuned: PromptResult,
+    task,
+    *,
+    train,
+    eval_data,
+    validation=False,
+    method: str = "attribution",
+    n_examples: int = 20,
+    psi: float = 1.0,
+    step: float = 0.05,
+    retrain: dict | None = None,
+    scores: NeuronScores | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> SearchResult:
+    """SKELETON: binary search of the kept ratio with prompt re-training after each prune.
+
+    Args:
+        tuned: the prompt tuned on the unpruned ``model`` (accuracy ``s`` on ``eval_data``).
+        train: training split (attribution examples and prompt re-training).
+        eval_data: the split on which ``s - s' <= psi`` (points) is checked.
+        validation: early-stopping split for re-training (default ``False``: none, the
+            re-training runs its fixed number of steps).
+        method: neuron scores: attribution, activation, gradient or random.
+        retrain: keyword arguments for :func:`~neuronlens.prompts.tune_prompt` during the
+            search (default ``{"epochs": 1, "lr": 1e-2}``); ``{}`` uses its defaults.
+        scores: precomputed neuron scores (skips the attribution step).
+    """
+    if scores is None:
+        scores = attribute(
+            model, tuned, task, train, method=method, n=n_examples, seed=seed, progress=False
+        )
+    retrain = {"epochs": 1, "lr": 1e-2} if retrain is None else retrain
+    return _search(
+        model,
+        tuned,
+        task,
+        eval_data,
+        scores,
+        step=step,
+        psi=psi,
+        retrain=retrain,
+        train=train,
+        validation=validation,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def skip_search(
+    model: NeuronModel,
+    tuned: PromptResult,
+    task,
+    *,
+    train,
+    eval_data,
+    method: str = "attribution",
+    n_examples: int = 20,
+    psi: float = 1.0,
+    step: float = 0.01,
+    eval_fraction: float = 0.08,
+    scores: NeuronScores | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> SearchResult:
+    """SKIP: prune a converged prompt without re-training, 1 % steps, on a small subset
+    (``eval_fraction`` < 10 %) of ``eval_data``."""
+    if not 0 < eval_fraction < 0.1:
+        raise NeuronLensError(
+            f"SKIP searches on a subset under 10 % of the eval set, got {eval_fraction}"
+        )
+    subset = eval_data.subset(max(1, round(eval_fraction * len(eval_data))), seed=seed)
+    if scores is None:
+        scores = attribute(
+            model, tuned, task, train, method=method, n=n_examples, seed=seed, progress=False
+        )
+    return _search(
+        model,
+        tuned,
+        task,
+        subset,
+        scores,
+        step=step,
+        psi=psi,
+        retrain=None,
+        train=train,
+        validation=False,
+        batch_size=batch_size,
+        progress=progress,
+    )
