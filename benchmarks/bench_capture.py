@@ -25,21 +25,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import random_batch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer  # noqa: E402
-
-
-def random_batch(model: nl.NeuronModel, batch: int, length: int, seed: int = 0) -> nl.Encoded:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(
-        1000 if model.vocab_size > 2000 else 7, model.vocab_size, (batch, length), generator=g
-    )
-    return nl.Encoded(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        token_type_ids=torch.zeros_like(ids) if model.family.name == "bert" else None,
-    )
 
 
 def measure(

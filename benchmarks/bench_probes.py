@@ -33,6 +33,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import random_batch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.capture import CaptureData  # noqa: E402
@@ -52,16 +53,6 @@ def fake_prompt(model: nl.NeuronModel, n_tokens: int = 20) -> PromptResult:
         0,
         model.name,
         model.kind.value,
-    )
-
-
-def random_batch(model: nl.NeuronModel, batch: int, length: int) -> nl.Encoded:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(
-        1000 if model.vocab_size > 2000 else 7, model.vocab_size, (batch, length), generator=g
-    )
-    return nl.Encoded(
-        ids, torch.ones_like(ids), torch.zeros_like(ids) if model.family.name == "bert" else None
     )
 
 

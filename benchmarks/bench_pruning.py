@@ -27,6 +27,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import random_batch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer  # noqa: E402
@@ -57,12 +58,7 @@ def random_keep(model: nl.NeuronModel, removed: float, seed: int = 0) -> NeuronS
 
 def bench(name: str, repeats: int, batch: int, length: int, n_prompt: int) -> dict:
     model = load(name)
-    g = torch.Generator().manual_seed(0)
-    lo = 1000 if model.vocab_size > 2000 else 7
-    ids = torch.randint(lo, model.vocab_size, (batch, length), generator=g)
-    enc = nl.Encoded(
-        ids, torch.ones_like(ids), torch.zeros_like(ids) if model.family.name == "bert" else None
-    )
+    enc = random_batch(model, batch, length)
     prompt = init_prompt(model, n_prompt)
     variants = {0.0: model} | {r: prune_model(model, random_keep(model, r)) for r in RATIOS}
     runs = {}

@@ -25,20 +25,22 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import random_batch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.probes import attribute  # noqa: E402
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt  # noqa: E402
-from neuronlens.pruning import flop_ceiling, keep_top, skeleton_search  # noqa: E402
-from neuronlens.pruning.search import _copy_head  # noqa: E402
+from neuronlens.pruning import (  # noqa: E402
+    flop_ceiling,
+    keep_top,
+    retrain_prompt,
+    skeleton_search,
+)
 from neuronlens.tasks import get_task  # noqa: E402
 
 
 def latency(models: dict, prompt: torch.Tensor, repeats: int = 7) -> dict:
-    g = torch.Generator().manual_seed(0)
-    first = next(iter(models.values()))
-    ids = torch.randint(1000, first.vocab_size, (8, 128), generator=g)
-    enc = nl.Encoded(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    enc = random_batch(next(iter(models.values())), 8, 128)
     times = {k: [] for k in models}
     with torch.no_grad():
         for m in models.values():
@@ -112,18 +114,7 @@ def main() -> None:
     for method in ("attribution", "activation", "gradient", "random"):
         scores = attribute(model, tuned, sst2, train, method=method, n=20, progress=False)
         pruned = keep_top(model, scores, args.compare_ratio)
-        prompt = tune_prompt(
-            pruned,
-            sst2,
-            train=train,
-            validation=False,
-            head=_copy_head(tuned),
-            init=tuned.prompt,
-            n_tokens=tuned.n_tokens,
-            seed=tuned.seed,
-            progress=False,
-            **retrain,
-        )
+        prompt = retrain_prompt(pruned, tuned, sst2, train=train, **retrain)
         compare[method] = {
             "glue_dev": evaluate(pruned, prompt, dev).accuracy,
             "no_retrain_glue_dev": evaluate(pruned, tuned, dev).accuracy,

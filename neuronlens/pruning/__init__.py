@@ -1,6 +1,7 @@
 """Structured pruning of FFN neurons: smaller, faster models, saved and loaded with their record.
 
-See :mod:`neuronlens.pruning.prune`.
+See :mod:`neuronlens.pruning.prune` (pruning) and :mod:`neuronlens.pruning.search`
+(SKELETON / SKIP).
 """
 
 from neuronlens.pruning.prune import (
@@ -18,6 +19,7 @@ from neuronlens.pruning.search import (
     SearchResult,
     SearchStep,
     keep_top,
+    retrain_prompt,
     skeleton_search,
     skip_search,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "SearchResult",
     "SearchStep",
     "keep_top",
+    "retrain_prompt",
     "skeleton_search",
     "skip_search",
 ]

@@ -110,17 +110,8 @@ def _search(
             pruned = keep_top(model, scores, ratio)
             prompt = tuned
             if retrain is not None:
-                prompt = tune_prompt(
-                    pruned,
-                    task,
-                    train=train,
-                    validation=validation,
-                    head=_copy_head(tuned),
-                    init=tuned.prompt,
-                    n_tokens=tuned.n_tokens,
-                    seed=tuned.seed,
-                    progress=False,
-                    **retrain,
+                prompt = retrain_prompt(
+                    pruned, tuned, task, train=train, validation=validation, **retrain
                 )
             acc = evaluate(pruned, prompt, eval_data, task=task, batch_size=batch_size).accuracy
             accepted = 100.0 * (base - acc) <= psi
@@ -141,10 +132,27 @@ def _search(
     return SearchResult(pruned, prompt, ratio, acc, base, psi, scores.method, scores, history)
 
 
-def _copy_head(tuned: PromptResult):
+def retrain_prompt(
+    pruned: NeuronModel, tuned: PromptResult, task, *, train, validation=False, **kwargs
+) -> PromptResult:
+    """Re-train ``tuned`` (prompt and a copy of its head) on a pruned model, starting from it.
+
+    ``kwargs`` go to :func:`~neuronlens.prompts.tune_prompt` (epochs, max_steps, lr, ...).
+    """
     head = copy.deepcopy(tuned.head)
     head.requires_grad_(True)
-    return head
+    return tune_prompt(
+        pruned,
+        task,
+        train=train,
+        validation=validation,
+        head=head,
+        init=tuned.prompt,
+        n_tokens=tuned.n_tokens,
+        seed=tuned.seed,
+        progress=False,
+        **kwargs,
+    )
 
 
 def skeleton_search(
