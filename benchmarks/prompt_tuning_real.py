@@ -88,6 +88,10 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
     return out
 
 
+def _min_words(data, n: int):
+    return data.where(lambda text, text_b, label: len(text.split()) >= n)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -102,11 +106,19 @@ def main() -> None:
     ap.add_argument("--smollm2-epochs", type=float, default=0.5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default=None, help="folder to save the tuned prompts in")
+    ap.add_argument(
+        "--min-words",
+        type=int,
+        default=0,
+        help="train / validate only on examples of at least this many words",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     task = get_task("sst2")
-    train = task.load("train").subset(args.train, seed=0)
-    val = task.load("validation").subset(args.val, seed=0)
+    train, val = task.load("train"), task.load("validation")
+    if args.min_words:  # SST-2 train holds every phrase of the parse trees; GLUE dev is sentences
+        train, val = (_min_words(d, args.min_words) for d in (train, val))
+    train, val = train.subset(args.train, seed=0), val.subset(args.val, seed=0)
     dev, adv = task.load("dev"), get_task("adv_sst2").load("dev")
     report = {
         "task": "sst2",

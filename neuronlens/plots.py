@@ -118,7 +118,7 @@ def neuron_heatmap(
         if per_bin > 1:
             xlabel += f" (bins of {per_bin})"
         fig.update_xaxes(title_text=xlabel, row=1, col=col)
-        fig.update_yaxes(title_text="layer", autorange="reversed", row=1, col=col)
+        fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1, row=1, col=col)
     fig.update_layout(
         title=title
         or f"{scores.method} of {scores.model}" + (f" on {scores.task}" if scores.task else ""),

@@ -511,3 +511,15 @@ def test_builtin_label_spaces():
     for name in list_tasks():
         task = get_task(name)
         assert len(task.verbalizer) == task.num_labels and task.splits
+
+
+def test_where_filters_examples_in_order():
+    from neuronlens.tasks import Task
+
+    task = Task.from_lists(
+        "filt", ["a b c", "a", "a b", "x y z w"], [0, 1, 0, 1], label_names=("n", "p")
+    )
+    data = task.load("train")
+    long = data.where(lambda text, text_b, label: len(text.split()) >= 2)
+    assert long.texts == ("a b c", "a b", "x y z w") and long.labels == (0, 0, 1)
+    assert data.where(lambda t, b, y: y == 1).texts == ("a", "x y z w")

@@ -105,7 +105,7 @@ def _search(
     try:
         while lo < hi:
             mid = (lo + hi) // 2
-            ratio = mid * step
+            ratio = round(mid * step, 6)
             t0 = time.perf_counter()
             pruned = keep_top(model, scores, ratio)
             prompt = tuned

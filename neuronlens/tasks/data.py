@@ -160,6 +160,16 @@ class TaskData:
             return self
         return self._select(sorted(random.Random(seed).sample(range(len(self)), n)))
 
+    def where(self, keep) -> TaskData:
+        """The examples for which ``keep(text, text_b, label)`` is true (order kept)."""
+        texts_b = self.texts_b or (None,) * len(self)
+        rows = [
+            i
+            for i, (a, b, y) in enumerate(zip(self.texts, texts_b, self.labels, strict=True))
+            if keep(a, b, y)
+        ]
+        return self._select(rows)
+
     def _select(self, indices: Sequence[int]) -> TaskData:
         return TaskData(
             texts=tuple(self.texts[i] for i in indices),

@@ -1,0 +1,64 @@
+"""The ``neuronlens`` command line: ``neuronlens demo`` and ``neuronlens study CONFIG``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from neuronlens.errors import NeuronLensError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="neuronlens",
+        description="Neuron-level interpretability of transformer FFNs: whole studies from the command line.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser(
+        "demo",
+        help="run the offline demo (MiniLM, built-in toy task) end to end",
+        description="Prompt tuning, skill-neuron predictivity, suppression and pruning of "
+        "all-MiniLM-L6-v2 on the built-in toy sentiment task, offline, in a few minutes; "
+        "writes report.html and the saved artifacts to the output folder.",
+    )
+    demo.add_argument(
+        "--out", default="neuronlens-out/demo", help="output folder (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--model", default="minilm", help="model to run the demo on (default: %(default)s)"
+    )
+    demo.add_argument("--fresh", action="store_true", help="recompute every step (no resume)")
+    study = sub.add_parser(
+        "study",
+        help="run a study from a TOML config (resumable)",
+        description="Run a whole study (prompts, predictivity, suppression, pruning, report) "
+        "for the model and task of a TOML config; finished steps are loaded, not recomputed. "
+        "See neuronlens.study for the fields.",
+    )
+    study.add_argument("config", help="TOML config file")
+    study.add_argument(
+        "--out", default=None, help="output folder (default: neuronlens-out/<config name>)"
+    )
+    study.add_argument("--fresh", action="store_true", help="recompute every step (no resume)")
+    args = parser.parse_args(argv)
+
+    from dataclasses import replace
+    from pathlib import Path
+
+    from neuronlens.study import DEMO, StudyConfig, run_study
+
+    try:
+        if args.command == "demo":
+            run_study(replace(DEMO, model=args.model), args.out, resume=not args.fresh)
+        else:
+            cfg = StudyConfig.from_toml(args.config)
+            out = args.out or str(Path("neuronlens-out") / Path(args.config).stem)
+            run_study(cfg, out, resume=not args.fresh)
+    except NeuronLensError as err:
+        print(f"neuronlens: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

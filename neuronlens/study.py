@@ -1,0 +1,363 @@
+"""Whole studies from a config: prompt tuning, predictivity, suppression, pruning, a report.
+
+A study runs these steps, saving each step's artifacts in the output folder; a finished step
+is loaded, not recomputed, when the study is run again (``resume``):
+
+1. ``prompts``: tune one soft prompt per seed (``prompts/seed{k}.safetensors``);
+2. ``predictivity``: skill-neuron predictivity over every FFN neuron (``predictivity``);
+3. ``suppression``: suppression curve, top predictive vs random neurons (``suppression.json``);
+4. ``pruning``: attribution, prune to ``prune_keep`` of the neurons, re-train the prompt,
+   accuracy and measured speed-up (``pruned/``, ``pruning.json``);
+5. ``report.html``: the figures and tables in one standalone page.
+
+Config (TOML; every field optional except ``model`` and ``task``)::
+
+    model = "minilm"            # "minilm", "smollm2", a hub name or a local directory
+    task = "sst2"               # a registered task name
+    data_dir = "../shared/data" # else $NEURONLENS_DATA_DIR (not needed for toy_sentiment)
+    train_size = 1000           # examples used for tuning and baselines
+    eval_split = "dev"
+    eval_size = 400
+    n_tokens = 20
+    seeds = [0, 1]
+    epochs = 1.0
+    suppression_percents = [0, 1, 5, 10]
+    random_repeats = 2
+    prune_keep = 0.5
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from neuronlens.errors import NeuronLensError
+
+STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
+
+
+class ConfigError(NeuronLensError, ValueError):
+    """A study config with a missing, unknown or ill-typed field."""
+
+
+@dataclass
+class StudyConfig:
+    """What a study runs on and with which settings (see the module docstring)."""
+
+    model: str
+    task: str
+    data_dir: str | None = None
+    train_size: int = 1000
+    eval_split: str = "dev"
+    eval_size: int = 400
+    n_tokens: int = 20
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: float = 1.0
+    lr: float = 3e-2
+    head_lr: float = 1e-2
+    batch_size: int = 16
+    suppression_percents: list[float] = field(default_factory=lambda: [0, 1, 5, 10])
+    random_repeats: int = 2
+    prune_keep: float = 0.5
+    retrain_steps: int = 30
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> StudyConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        for name in ("model", "task"):
+            if name not in raw:
+                raise ConfigError(f"config field {name!r} is missing (it has no default)")
+        types = {
+            "model": str,
+            "task": str,
+            "data_dir": (str, type(None)),
+            "train_size": int,
+            "eval_split": str,
+            "eval_size": int,
+            "n_tokens": int,
+            "seeds": list,
+            "epochs": (int, float),
+            "lr": (int, float),
+            "head_lr": (int, float),
+            "batch_size": int,
+            "suppression_percents": list,
+            "random_repeats": int,
+            "prune_keep": (int, float),
+            "retrain_steps": int,
+        }
+        for key, value in raw.items():
+            if isinstance(value, bool) or not isinstance(value, types[key]):
+                raise ConfigError(
+                    f"config field {key!r} has {value!r} ({type(value).__name__}); "
+                    f"expected {getattr(types[key], '__name__', types[key])}"
+                )
+        cfg = cls(**raw)
+        if not cfg.seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds
+        ):
+            raise ConfigError("config field 'seeds' must be a non-empty list of integers")
+        if not 0 < cfg.prune_keep <= 1:
+            raise ConfigError(f"config field 'prune_keep' must be in (0, 1], got {cfg.prune_keep}")
+        for name in ("train_size", "eval_size", "n_tokens", "batch_size", "random_repeats"):
+            if getattr(cfg, name) < 1:
+                raise ConfigError(f"config field {name!r} must be at least 1")
+        if not all(isinstance(p, (int, float)) and 0 <= p <= 100 for p in cfg.suppression_percents):
+            raise ConfigError("config field 'suppression_percents' must hold numbers within 0..100")
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> StudyConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path} is not valid TOML: {err}") from err
+        return cls.from_dict(raw)
+
+
+DEMO = StudyConfig(
+    model="minilm",
+    task="toy_sentiment",
+    train_size=600,
+    eval_split="test",
+    eval_size=200,
+    n_tokens=10,
+    seeds=[0, 1],
+    epochs=1.0,
+    suppression_percents=[0, 1, 5, 10],
+    random_repeats=2,
+    prune_keep=0.5,
+    retrain_steps=30,
+)
+
+
+def load_study_model(name: str):
+    import neuronlens as nl
+
+    if name == "minilm":
+        return nl.load_minilm()
+    if name == "smollm2":
+        return nl.load_smollm2()
+    if name.startswith("tiny:"):  # tiny random model for quick checks, e.g. "tiny:bert"
+        from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
+
+        return nl.load_model(
+            tiny_hf_model(name[5:], d_model=32, heads=4, d_mlp=48), tiny_tokenizer(), name=name
+        )
+    return nl.load_model(name)
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
+    """Run (or resume) a study; returns the summary also written to ``out/summary.json``."""
+    from neuronlens.analysis import suppression_curve
+    from neuronlens.plots import neuron_heatmap
+    from neuronlens.probes import NeuronScores, attribute, predictivity
+    from neuronlens.prompts import PromptResult, evaluate, tune_prompt
+    from neuronlens.pruning import keep_top, load_pruned, retrain_prompt, save_pruned
+    from neuronlens.tasks import get_task
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    model = load_study_model(cfg.model)
+    task = get_task(cfg.task)
+    train = task.load("train", data_dir=cfg.data_dir).subset(cfg.train_size, seed=0)
+    val = (
+        task.load("validation", data_dir=cfg.data_dir).subset(min(cfg.eval_size, 300), seed=0)
+        if "validation" in task.splits
+        else False
+    )
+    evald = task.load(cfg.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
+    summary: dict = {
+        "model": model.name,
+        "task": task.name,
+        "eval_split": cfg.eval_split,
+        "n_eval": len(evald),
+        "steps": {},
+    }
+
+    def done(step: str, seconds: float, loaded: bool) -> None:
+        summary["steps"][step] = {"seconds": round(seconds, 1), "loaded": loaded}
+        log(f"[{step}] {'loaded' if loaded else 'done'} in {seconds:.1f} s")
+
+    # 1. prompts
+    t0 = time.perf_counter()
+    prompts, loaded = [], True
+    for seed in cfg.seeds:
+        path = out / "prompts" / f"seed{seed}"
+        if resume and path.with_suffix(".safetensors").is_file():
+            prompts.append(PromptResult.load(path, model))
+            continue
+        loaded = False
+        tuned = tune_prompt(
+            model,
+            task,
+            train=train,
+            validation=val,
+            n_tokens=cfg.n_tokens,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            head_lr=cfg.head_lr,
+            batch_size=cfg.batch_size,
+            seed=seed,
+        )
+        tuned.save(path)
+        prompts.append(tuned)
+    summary["prompt_accuracy"] = {
+        p.seed: evaluate(model, p, evald, task=task).accuracy for p in prompts
+    }
+    done("prompts", time.perf_counter() - t0, loaded)
+
+    # 2. predictivity
+    t0 = time.perf_counter()
+    pred_path = out / "predictivity"
+    binary = task.num_labels == 2
+    if resume and pred_path.with_suffix(".safetensors").is_file():
+        skill = NeuronScores.load(pred_path, model)
+        done("predictivity", time.perf_counter() - t0, True)
+    else:
+        skill = predictivity(
+            model, prompts, task, evald, train=train, one_vs_rest=None if binary else 0
+        )
+        skill.save(pred_path)
+        done("predictivity", time.perf_counter() - t0, False)
+    top = skill.top(percent=1)
+    summary["predictivity"] = {
+        "max": float(skill.flat().max()),
+        "top1pct_by_layer": top.counts(),
+        "mean_by_layer": skill.by_layer(),
+    }
+
+    # 3. suppression
+    t0 = time.perf_counter()
+    sup_path = out / "suppression.json"
+    if resume and sup_path.is_file():
+        sup_rows = json.loads(sup_path.read_text())
+        done("suppression", time.perf_counter() - t0, True)
+        curve = None
+    else:
+        curve = suppression_curve(
+            model,
+            prompts[0],
+            evald,
+            skill,
+            task=task,
+            percents=cfg.suppression_percents,
+            random_repeats=cfg.random_repeats,
+        )
+        sup_rows = curve.rows()
+        sup_path.write_text(json.dumps(sup_rows, indent=2))
+        done("suppression", time.perf_counter() - t0, False)
+    summary["suppression"] = sup_rows
+
+    # 4. pruning
+    t0 = time.perf_counter()
+    prune_json = out / "pruning.json"
+    if resume and prune_json.is_file() and (out / "pruned").is_dir():
+        pruning = json.loads(prune_json.read_text())
+        load_pruned(out / "pruned")  # the saved model loads
+        done("pruning", time.perf_counter() - t0, True)
+    else:
+        attr = attribute(model, prompts[0], task, train, n=20)
+        attr.save(out / "attribution")
+        small = keep_top(model, attr, cfg.prune_keep)
+        retuned = retrain_prompt(
+            small,
+            prompts[0],
+            task,
+            train=train,
+            max_steps=cfg.retrain_steps,
+            lr=cfg.lr,
+            head_lr=cfg.head_lr * 0.1,
+            batch_size=cfg.batch_size,
+        )
+        save_pruned(small, out / "pruned")
+        retuned.save(out / "pruned_prompt")
+        enc = model.encode([" ".join(["word"] * 100)] * 8)
+        speed = _speedup(model, small, enc, prompts[0].prompt)
+        pruning = {
+            "kept_ratio": small.pruning.kept_ratio,
+            "accuracy_before": summary["prompt_accuracy"][prompts[0].seed],
+            "accuracy_pruned_no_retrain": evaluate(small, prompts[0], evald, task=task).accuracy,
+            "accuracy_pruned_retrained": evaluate(small, retuned, evald, task=task).accuracy,
+            "speedup_measured": speed,
+        }
+        prune_json.write_text(json.dumps(pruning, indent=2))
+        done("pruning", time.perf_counter() - t0, False)
+    summary["pruning"] = pruning
+
+    # 5. report
+    figs = {"Skill-neuron predictivity (layer × neuron)": neuron_heatmap(skill, top_percent=1)}
+    if curve is not None:
+        figs["Suppression: top predictive vs random neurons"] = curve.figure()
+    write_report(out / "report.html", summary, figs)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    log(f"report: {out / 'report.html'}")
+    return summary
+
+
+def _speedup(model, small, enc, prompt, repeats: int = 5) -> float:
+    import statistics
+
+    times: dict[str, list[float]] = {"full": [], "pruned": []}
+    with torch.no_grad():
+        for m in (model, small):
+            m.hidden_states(enc, prompt=prompt)
+        for r in range(repeats):
+            for key, m in (
+                (("full", model), ("pruned", small))
+                if r % 2 == 0
+                else (("pruned", small), ("full", model))
+            ):
+                t0 = time.perf_counter()
+                m.hidden_states(enc, prompt=prompt)
+                times[key].append(time.perf_counter() - t0)
+    return round(statistics.median(times["full"]) / statistics.median(times["pruned"]), 3)
+
+
+def write_report(path: Path, summary: dict, figures: dict) -> None:
+    """One standalone HTML page: Plotly figures (JS inlined once) and the summary tables."""
+    import html
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>neuronlens report</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
+        f"<h1>neuronlens study: {html.escape(summary['model'])} on {html.escape(summary['task'])}</h1>",
+    ]
+    for i, (title, fig) in enumerate(figures.items()):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    for key in ("prompt_accuracy", "pruning"):
+        parts.append(f"<h2>{key.replace('_', ' ')}</h2><table>")
+        parts += [
+            f"<tr><th>{html.escape(str(k))}</th><td>{v:.4f}</td></tr>"
+            if isinstance(v, float)
+            else f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in summary[key].items()
+        ]
+        parts.append("</table>")
+    rows = summary["suppression"]
+    parts.append(
+        "<h2>suppression</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in rows[0]) + "</tr>"
+    )
+    parts += [
+        "<tr>"
+        + "".join(
+            f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in r.values()
+        )
+        + "</tr>"
+        for r in rows
+    ]
+    parts.append("</table></body></html>")
+    path.write_text("\n".join(parts))

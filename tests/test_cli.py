@@ -1,0 +1,172 @@
+"""The command line: studies from a TOML config (resumable), the demo, help, bad configs."""
+
+import json
+import shutil
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+from neuronlens.cli import main
+from neuronlens.study import ConfigError, StudyConfig
+from neuronlens.tasks import register_task
+
+from .probe_fixtures import word_task
+
+CONFIG = """
+model = "tiny:bert"
+task = "cli_words"
+train_size = 40
+eval_split = "dev"
+eval_size = 23
+n_tokens = 3
+seeds = [0, 1]
+suppression_percents = [0, 10]
+random_repeats = 2
+prune_keep = 0.5
+retrain_steps = 3
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _task():
+    register_task(word_task(name="cli_words"), replace=True)
+
+
+def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "out"
+    assert main(["study", str(cfg), "--out", str(out)]) == 0
+    first = json.loads((out / "summary.json").read_text())
+    for name in (
+        "report.html",
+        "predictivity.safetensors",
+        "suppression.json",
+        "pruning.json",
+        "prompts/seed0.safetensors",
+        "prompts/seed1.safetensors",
+        "pruned/pruning.json",
+    ):
+        assert (out / name).exists(), name
+    assert not any(s["loaded"] for s in first["steps"].values())
+    html = (out / "report.html").read_text()
+    assert "plotly" in html.lower() and "suppression" in html
+    assert first["pruning"]["kept_ratio"] == pytest.approx(0.5, abs=0.05)
+    capsys.readouterr()
+    assert main(["study", str(cfg), "--out", str(out)]) == 0
+    second = json.loads((out / "summary.json").read_text())
+    assert all(s["loaded"] for s in second["steps"].values())
+    assert second["prompt_accuracy"] == first["prompt_accuracy"]
+    assert second["predictivity"] == first["predictivity"]
+    assert "loaded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ('model = "tiny:bert"', "task"),
+        (CONFIG + "\nsedes = [1]", "sedes"),
+        (CONFIG.replace("seeds = [0, 1]", 'seeds = "0"'), "seeds"),
+        (CONFIG.replace("prune_keep = 0.5", "prune_keep = 1.5"), "prune_keep"),
+        (CONFIG.replace("n_tokens = 3", "n_tokens = 0"), "n_tokens"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, capsys, text, field):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=field):
+        StudyConfig.from_toml(cfg)
+    assert main(["study", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        StudyConfig.from_toml(tmp_path / "nope.toml")
+    (tmp_path / "x.toml").write_text("model = ")
+    with pytest.raises(ConfigError, match="TOML"):
+        StudyConfig.from_toml(tmp_path / "x.toml")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"], ["study", "--help"]])
+def test_help_for_every_command(args):
+    out = subprocess.run(
+        [sys.executable, "-m", "neuronlens.cli", *args], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "usage: neuronlens" in out.stdout
+
+
+@pytest.mark.slow
+def test_demo_on_minilm(tmp_path):
+    """The real demo: MiniLM, offline, a few minutes."""
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == "all-MiniLM-L6-v2"
+    assert (tmp_path / "report.html").is_file()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=15000",
+]
+
+
+def _png_pixels_vary(path) -> bool:
+    """Whether a PNG's decompressed scanlines hold more than a handful of byte values."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return len(set(zlib.decompress(idat))) > 16
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless Chromium not installed (apt-get install chromium; .ci/run installs it)",
+)
+def test_report_renders_in_headless_chromium(tmp_path):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "out"
+    assert main(["study", str(cfg), "--out", str(out)]) == 0
+    url = (out / "report.html").resolve().as_uri()
+    profile = tmp_path / "profile"
+    dom = subprocess.run(
+        [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    assert dom.count('class="main-svg"') >= 2  # Plotly drew the figures
+    assert "hoverlayer" in dom  # hover layer attached
+    assert "heatmaplayer" in dom or "hm" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            CHROMIUM,
+            *CHROME_FLAGS,
+            f"--user-data-dir={profile}",
+            "--window-size=1200,900",
+            f"--screenshot={shot}",
+            url,
+        ],
+        capture_output=True,
+        timeout=180,
+    )
+    assert shot.is_file() and _png_pixels_vary(shot)
