@@ -465,3 +465,7 @@ def test_skeleton_search_retrains_and_compares_methods():
     )
     assert rnd.kept_ratio >= res.kept_ratio
     assert rnd.scores.method == "random"
+    fig = res.figure()
+    xs = list(fig.data[0].x)
+    assert xs == sorted(xs, reverse=True) and xs[-1] > 1.0  # by kept ratio: ceilings fall
+    assert len(xs) == len(res.history)

@@ -60,12 +60,44 @@ class SearchResult:
     def rows(self) -> list[dict]:
         return [vars(s) for s in self.history]
 
-    def __repr__(self) -> str:
-        return (
-            f"SearchResult({self.method}: kept {self.kept_ratio:.0%} of FFN neurons, accuracy "
-            f"{self.accuracy:.4f} vs {self.base_accuracy:.4f} (psi {self.psi} points), "
-            f"{len(self.history)} steps)"
+    def figure(self, seq_len: int = 128):
+        """Accuracy vs FLOP-ceiling speed-up of every kept ratio the search tried."""
+        import plotly.graph_objects as go
+
+        from neuronlens.pruning.prune import flop_ceiling
+
+        steps = sorted(self.history, key=lambda s: s.kept_ratio)
+        x = [flop_ceiling(self.model, s.kept_ratio, seq_len) for s in steps]  # original widths
+        fig = go.Figure()
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[s.accuracy for s in steps],
+                mode="markers+lines",
+                name="tried",
+                marker={
+                    "size": 10,
+                    "color": ["seagreen" if s.accepted else "crimson" for s in steps],
+                },
+                text=[
+                    f"kept {s.kept_ratio:.0%} ({s.n_kept} neurons), {'accepted' if s.accepted else 'rejected'}"
+                    for s in steps
+                ],
+                hovertemplate="%{text}<br>speed-up ceiling %{x:.2f}x<br>accuracy %{y:.4f}<extra></extra>",
+            )
         )
+        fig.add_hline(
+            y=self.base_accuracy - self.psi / 100,
+            line_dash="dash",
+            annotation_text=f"unpruned - {self.psi} points",
+        )
+        fig.update_layout(
+            title=f"Pruning search ({self.method}): accuracy vs speed-up",
+            xaxis_title="FLOP-ceiling speed-up",
+            yaxis_title="accuracy",
+            template="plotly_white",
+        )
+        return fig
 
 
 def keep_top(model: NeuronModel, scores: NeuronScores, ratio: float) -> NeuronModel:
