@@ -1,7 +1,11 @@
 """neuronlens: neuron-level interpretability of transformer feed-forward networks.
 
-Load a model as a hooked transformer, capture FFN neuron activations, and (in later
-modules) score, switch off and prune neurons.
+Load a model as a hooked transformer (:func:`load_model`) and capture FFN neuron activations
+(:func:`capture`) here; the subpackages do the rest: ``neuronlens.tasks`` (data),
+``neuronlens.prompts`` (prompt tuning), ``neuronlens.probes`` (predictivity, attribution, your
+own probes), ``neuronlens.interventions`` and ``neuronlens.analysis`` (ablation studies),
+``neuronlens.pruning`` (structured pruning, SKELETON / SKIP), ``neuronlens.plots`` (figures),
+``neuronlens.study`` (whole studies; the ``neuronlens`` command).
 """
 
 from neuronlens.capture import (
