@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 from common import random_batch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
@@ -32,25 +30,12 @@ from neuronlens.probes import attribute  # noqa: E402
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt  # noqa: E402
 from neuronlens.pruning import (  # noqa: E402
     flop_ceiling,
+    interleaved_latency,
     keep_top,
     retrain_prompt,
     skeleton_search,
 )
 from neuronlens.tasks import get_task  # noqa: E402
-
-
-def latency(models: dict, prompt: torch.Tensor, repeats: int = 7) -> dict:
-    enc = random_batch(next(iter(models.values())), 8, 128)
-    times = {k: [] for k in models}
-    with torch.no_grad():
-        for m in models.values():
-            m.hidden_states(enc, prompt=prompt)
-        for r in range(repeats):
-            for k in list(models) if r % 2 == 0 else list(models)[::-1]:
-                t0 = time.perf_counter()
-                models[k].hidden_states(enc, prompt=prompt)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -105,7 +90,12 @@ def main() -> None:
         "glue_dev": evaluate(res.model, res.prompt, dev).accuracy,
         "adv_sst2": evaluate(res.model, res.prompt, adv).accuracy,
     }
-    lat = latency({"unpruned": model, "pruned": res.model}, tuned.prompt)
+    lat = interleaved_latency(
+        {"unpruned": model, "pruned": res.model},
+        random_batch(model, 8, 128),
+        prompt=tuned.prompt,
+        repeats=7,
+    )
     report["speedup_measured"] = round(lat["unpruned"] / lat["pruned"], 3)
     report["flop_ceiling"] = round(flop_ceiling(model, res.kept_ratio, seq_len=148), 3)
     print(json.dumps(report), flush=True)

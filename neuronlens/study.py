@@ -34,8 +34,6 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
-
 from neuronlens.errors import NeuronLensError
 
 STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
@@ -163,7 +161,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     from neuronlens.plots import neuron_heatmap
     from neuronlens.probes import NeuronScores, attribute, predictivity
     from neuronlens.prompts import PromptResult, evaluate, tune_prompt
-    from neuronlens.pruning import keep_top, load_pruned, retrain_prompt, save_pruned
+    from neuronlens.pruning import (
+        interleaved_latency,
+        keep_top,
+        load_pruned,
+        retrain_prompt,
+        save_pruned,
+    )
     from neuronlens.tasks import get_task
 
     out = Path(out)
@@ -284,7 +288,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
         save_pruned(small, out / "pruned")
         retuned.save(out / "pruned_prompt")
         enc = model.encode([" ".join(["word"] * 100)] * 8)
-        speed = _speedup(model, small, enc, prompts[0].prompt)
+        lat = interleaved_latency({"full": model, "pruned": small}, enc, prompt=prompts[0].prompt)
+        speed = round(lat["full"] / lat["pruned"], 3)
         pruning = {
             "kept_ratio": small.pruning.kept_ratio,
             "accuracy_before": summary["prompt_accuracy"][prompts[0].seed],
@@ -304,25 +309,6 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log(f"report: {out / 'report.html'}")
     return summary
-
-
-def _speedup(model, small, enc, prompt, repeats: int = 5) -> float:
-    import statistics
-
-    times: dict[str, list[float]] = {"full": [], "pruned": []}
-    with torch.no_grad():
-        for m in (model, small):
-            m.hidden_states(enc, prompt=prompt)
-        for r in range(repeats):
-            for key, m in (
-                (("full", model), ("pruned", small))
-                if r % 2 == 0
-                else (("pruned", small), ("full", model))
-            ):
-                t0 = time.perf_counter()
-                m.hidden_states(enc, prompt=prompt)
-                times[key].append(time.perf_counter() - t0)
-    return round(statistics.median(times["full"]) / statistics.median(times["pruned"]), 3)
 
 
 def write_report(path: Path, summary: dict, figures: dict) -> None:

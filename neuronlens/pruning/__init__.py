@@ -18,6 +18,7 @@ from neuronlens.pruning.prune import (
 from neuronlens.pruning.search import (
     SearchResult,
     SearchStep,
+    interleaved_latency,
     keep_top,
     retrain_prompt,
     skeleton_search,
@@ -36,6 +37,7 @@ __all__ = [
     "save_pruned",
     "SearchResult",
     "SearchStep",
+    "interleaved_latency",
     "keep_top",
     "retrain_prompt",
     "skeleton_search",

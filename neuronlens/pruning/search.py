@@ -281,3 +281,25 @@ def skip_search(
         batch_size=batch_size,
         progress=progress,
     )
+
+
+def interleaved_latency(
+    models: dict[str, NeuronModel], enc, *, prompt=None, repeats: int = 5
+) -> dict[str, float]:
+    """Median seconds of each model's classification forward (``hidden_states``) on ``enc``,
+    the models timed in alternating order within each repeat (fair on a noisy machine)."""
+    import statistics
+
+    import torch
+
+    times: dict[str, list[float]] = {k: [] for k in models}
+    keys = list(models)
+    with torch.no_grad():
+        for m in models.values():  # warm-up
+            m.hidden_states(enc, prompt=prompt)
+        for r in range(repeats):
+            for k in keys if r % 2 == 0 else keys[::-1]:
+                t0 = time.perf_counter()
+                models[k].hidden_states(enc, prompt=prompt)
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
