@@ -118,11 +118,19 @@ def neuron_heatmap(
         if per_bin > 1:
             xlabel += f" (bins of {per_bin})"
         fig.update_xaxes(title_text=xlabel, row=1, col=col)
-        fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1, row=1, col=col)
+        layers = [s.layer for s in sites]
+        fig.update_yaxes(
+            title_text="layer",
+            range=[max(layers) + 0.5, min(layers) - 0.5],  # layer 0 on top, no empty rows
+            dtick=1,
+            row=1,
+            col=col,
+        )
     fig.update_layout(
         title=title
         or f"{scores.method} of {scores.model}" + (f" on {scores.task}" if scores.task else ""),
         template="plotly_white",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
         height=max(
             300, 28 * max(len([s for s in scores.sites if s.stack == st]) for st in stacks) + 150
         ),

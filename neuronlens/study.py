@@ -157,7 +157,7 @@ def load_study_model(name: str):
 
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``."""
-    from neuronlens.analysis import suppression_curve
+    from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
     from neuronlens.plots import neuron_heatmap
     from neuronlens.probes import NeuronScores, attribute, predictivity
     from neuronlens.prompts import PromptResult, evaluate, tune_prompt
@@ -246,9 +246,8 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     t0 = time.perf_counter()
     sup_path = out / "suppression.json"
     if resume and sup_path.is_file():
-        sup_rows = json.loads(sup_path.read_text())
+        curve = SuppressionCurve(**json.loads(sup_path.read_text()))
         done("suppression", time.perf_counter() - t0, True)
-        curve = None
     else:
         curve = suppression_curve(
             model,
@@ -259,9 +258,9 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
             percents=cfg.suppression_percents,
             random_repeats=cfg.random_repeats,
         )
-        sup_rows = curve.rows()
-        sup_path.write_text(json.dumps(sup_rows, indent=2))
+        sup_path.write_text(json.dumps(asdict(curve), indent=2))
         done("suppression", time.perf_counter() - t0, False)
+    sup_rows = curve.rows()
     summary["suppression"] = sup_rows
 
     # 4. pruning
@@ -302,9 +301,14 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     summary["pruning"] = pruning
 
     # 5. report
-    figs = {"Skill-neuron predictivity (layer × neuron)": neuron_heatmap(skill, top_percent=1)}
-    if curve is not None:
-        figs["Suppression: top predictive vs random neurons"] = curve.figure()
+    mean_acc = sum(summary["prompt_accuracy"].values()) / len(prompts)
+    figs = {
+        "Skill-neuron predictivity (layer × neuron)": neuron_heatmap(skill, top_percent=1),
+        "Predictivity and neuron accuracy": distributions(
+            {task.name: skill}, {task.name: mean_acc}
+        ).figure(),
+        "Suppression: top predictive vs random neurons": curve.figure(),
+    }
     write_report(out / "report.html", summary, figs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log(f"report: {out / 'report.html'}")
@@ -324,8 +328,10 @@ def write_report(path: Path, summary: dict, figures: dict) -> None:
     for i, (title, fig) in enumerate(figures.items()):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    for key in ("prompt_accuracy", "pruning"):
+    for key, head in (("prompt_accuracy", ("seed", "accuracy")), ("pruning", ("", ""))):
         parts.append(f"<h2>{key.replace('_', ' ')}</h2><table>")
+        if any(head):
+            parts.append(f"<tr><th>{head[0]}</th><th>{head[1]}</th></tr>")
         parts += [
             f"<tr><th>{html.escape(str(k))}</th><td>{v:.4f}</td></tr>"
             if isinstance(v, float)
@@ -344,6 +350,12 @@ def write_report(path: Path, summary: dict, figures: dict) -> None:
         )
         + "</tr>"
         for r in rows
+    ]
+    parts.append("</table><h2>steps</h2><table><tr><th>step</th><th>seconds</th><th></th></tr>")
+    parts += [
+        f"<tr><th>{step}</th><td>{v['seconds']}</td>"
+        f"<td>{'loaded from disk' if v['loaded'] else 'computed'}</td></tr>"
+        for step, v in summary["steps"].items()
     ]
     parts.append("</table></body></html>")
     path.write_text("\n".join(parts))

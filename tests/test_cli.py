@@ -53,6 +53,8 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
     assert not any(s["loaded"] for s in first["steps"].values())
     html = (out / "report.html").read_text()
     assert "plotly" in html.lower() and "suppression" in html
+    n_figures = html.count("Plotly.newPlot")
+    assert n_figures == 3  # heatmap, predictivity / neuron-accuracy boxes, suppression curve
     assert first["pruning"]["kept_ratio"] == pytest.approx(0.5, abs=0.05)
     capsys.readouterr()
     assert main(["study", str(cfg), "--out", str(out)]) == 0
@@ -61,6 +63,9 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
     assert second["prompt_accuracy"] == first["prompt_accuracy"]
     assert second["predictivity"] == first["predictivity"]
     assert "loaded" in capsys.readouterr().out
+    # the resumed report is as complete as the first (figures rebuilt from the saved results)
+    assert (out / "report.html").read_text().count("Plotly.newPlot") == n_figures
+    assert second["suppression"] == first["suppression"]
 
 
 @pytest.mark.parametrize(
@@ -80,6 +85,15 @@ def test_bad_config_names_the_field(tmp_path, capsys, text, field):
         StudyConfig.from_toml(cfg)
     assert main(["study", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert field in capsys.readouterr().err
+
+
+def test_shipped_real_config_is_valid():
+    """The real-data study config in benchmarks/ stays in step with StudyConfig."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "study_minilm_sst2.toml"
+    cfg = StudyConfig.from_toml(path)
+    assert (cfg.model, cfg.task, cfg.eval_split, cfg.eval_size) == ("minilm", "sst2", "dev", 872)
 
 
 def test_missing_or_broken_config_file(tmp_path):

@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,6 +176,12 @@ def test_studies_run_and_shape_up():
     )
     dist = distributions({"a": sa, "b": sb}, {"a": 0.6, "b": 0.5})
     assert [r["dataset"] for r in dist.rows()] == ["a", "b"]
+    boxes = [t for t in dist.figure().data if t.type == "box"]
+    # one predictivity box and one neuron-accuracy box per dataset, in separate panels
+    assert len(boxes) == 4 and len({t.yaxis for t in boxes}) == 2
+    acc_a = [t for t in boxes if t.name == "a" and t.yaxis == boxes[-1].yaxis][0]
+    want = torch.cat([sa.extra["accuracy"][s.name] for s in sa.sites]).numpy()
+    np.testing.assert_allclose(np.asarray(acc_a.y), want)
     for result in (spec, cross, adv, tr, dist):
         result.figure()
         assert result.to_markdown().startswith("|")

@@ -87,6 +87,7 @@ class SuppressionCurve(_Table):
                 x=self.percents + self.percents[::-1],
                 y=list(mean + std) + list((mean - std)[::-1]),
                 fill="toself",
+                mode="lines",
                 line={"width": 0},
                 fillcolor="rgba(120,120,120,0.25)",
                 name="random ± std",
@@ -478,31 +479,64 @@ class Distributions(_Table):
 
     def figure(self):
         import plotly.graph_objects as go
+        from plotly.colors import qualitative
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(
-            rows=2, cols=1, shared_xaxes=True, row_heights=[0.3, 0.7], vertical_spacing=0.05
-        )
+        palette = qualitative.Plotly
         names = list(self.scores)
+        has_acc = any("accuracy" in self.scores[n].extra for n in names)
+        cols = 2 if has_acc else 1
+        fig = make_subplots(
+            rows=2,
+            cols=cols,
+            row_heights=[0.3, 0.7],
+            vertical_spacing=0.16,
+            horizontal_spacing=0.1,
+            specs=[[{"colspan": cols}] + [None] * (cols - 1), [{}] * cols],
+            subplot_titles=["model accuracy", "neuron predictivity"]
+            + (["neuron accuracy (signed; 0.5 = chance)"] if has_acc else []),
+        )
         fig.add_trace(
             go.Bar(
                 x=names,
                 y=[self.model_accuracy.get(n, np.nan) for n in names],
                 name="model accuracy",
                 marker_color="steelblue",
+                showlegend=False,
             ),
             row=1,
             col=1,
         )
-        for n in names:
+        for i, n in enumerate(names):
+            color = palette[i % len(palette)]
+            sc = self.scores[n]
             fig.add_trace(
-                go.Box(y=self.scores[n].flat().numpy(), name=n, boxpoints=False, showlegend=False),
+                go.Box(
+                    y=sc.flat().numpy(),
+                    name=n,
+                    boxpoints=False,
+                    showlegend=False,
+                    marker_color=color,
+                ),
                 row=2,
                 col=1,
             )
+            if has_acc and "accuracy" in sc.extra:
+                acc = np.concatenate([sc.extra["accuracy"][s.name].numpy() for s in sc.sites])
+                fig.add_trace(
+                    go.Box(y=acc, name=n, boxpoints=False, showlegend=False, marker_color=color),
+                    row=2,
+                    col=2,
+                )
         fig.update_yaxes(title_text="accuracy", row=1, col=1)
-        fig.update_yaxes(title_text="neuron predictivity", row=2, col=1)
-        fig.update_layout(title="Predictivity distributions", template="plotly_white")
+        fig.update_yaxes(title_text="predictivity", row=2, col=1)
+        if has_acc:
+            fig.update_yaxes(title_text="accuracy", row=2, col=2)
+        fig.update_layout(
+            title="Predictivity and neuron-accuracy distributions",
+            template="plotly_white",
+            height=600,
+        )
         return fig
 
 

@@ -74,7 +74,9 @@ class SearchResult:
                 x=x,
                 y=[s.accuracy for s in steps],
                 mode="markers+lines",
-                name="tried",
+                name="kept ratios tried",
+                showlegend=False,
+                line={"color": "lightgray"},
                 marker={
                     "size": 10,
                     "color": ["seagreen" if s.accepted else "crimson" for s in steps],
@@ -86,10 +88,27 @@ class SearchResult:
                 hovertemplate="%{text}<br>speed-up ceiling %{x:.2f}x<br>accuracy %{y:.4f}<extra></extra>",
             )
         )
+        for accepted, color in ((True, "seagreen"), (False, "crimson")):  # legend entries only
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    marker={"size": 10, "color": color},
+                    name="accepted" if accepted else "rejected",
+                )
+            )
+        fig.add_hline(
+            y=self.base_accuracy,
+            line_dash="dot",
+            line_color="gray",
+            annotation_text=f"unpruned {self.base_accuracy:.3f}",
+        )
         fig.add_hline(
             y=self.base_accuracy - self.psi / 100,
             line_dash="dash",
-            annotation_text=f"unpruned - {self.psi} points",
+            annotation_text=f"acceptance: unpruned - {self.psi} points",
+            annotation_position="bottom right",
         )
         fig.update_layout(
             title=f"Pruning search ({self.method}): accuracy vs speed-up",
