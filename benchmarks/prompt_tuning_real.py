@@ -8,6 +8,7 @@ verbalizer " negative" / " positive").
 
     NEURONLENS_DATA_DIR=../shared/data python benchmarks/prompt_tuning_real.py \
         [--models minilm smollm2] [--train 4000] [--epochs 2] [--seeds 0 1] [--out prompts/]
+        [--min-words 8] [--minilm-head probe|joint]
 
 The last line printed is one JSON object with every number.
 """
@@ -51,8 +52,12 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
             "adv_sst2": evaluate(model, probe, adv).accuracy,
             "wall_s": round(time.perf_counter() - t0, 1),
         }
+        # --minilm-head probe: tune the prompt against the fitted probe, frozen (its head is
+        # frozen once trained); joint: the prompt and a fresh linear head together
+        head = probe.head if args.minilm_head == "probe" else "linear"
+        out["head"] = args.minilm_head
         kwargs = dict(
-            head="linear", epochs=args.epochs, batch_size=16, lr=args.lr, head_lr=args.head_lr
+            head=head, epochs=args.epochs, batch_size=16, lr=args.lr, head_lr=args.head_lr
         )
     else:
         zs = Verbalizer(model, task.verbalizer)
@@ -104,6 +109,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-2, help="prompt learning rate (AdamW)")
     ap.add_argument("--head-lr", type=float, default=1e-2, help="linear-head learning rate")
     ap.add_argument("--smollm2-epochs", type=float, default=0.5)
+    ap.add_argument(
+        "--minilm-head",
+        choices=["probe", "joint"],
+        default="probe",
+        help="MiniLM: tune the prompt against the frozen linear probe, or with a fresh head",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default=None, help="folder to save the tuned prompts in")
     ap.add_argument(

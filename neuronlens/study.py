@@ -245,8 +245,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     # 3. suppression
     t0 = time.perf_counter()
     sup_path = out / "suppression.json"
+    curve = None
     if resume and sup_path.is_file():
-        curve = SuppressionCurve(**json.loads(sup_path.read_text()))
+        try:
+            curve = SuppressionCurve(**json.loads(sup_path.read_text()))
+        except (TypeError, ValueError):
+            log(f"{sup_path} is damaged or from an older neuronlens: recomputing it")
+    if curve is not None:
         done("suppression", time.perf_counter() - t0, True)
     else:
         curve = suppression_curve(

@@ -66,6 +66,12 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
     # the resumed report is as complete as the first (figures rebuilt from the saved results)
     assert (out / "report.html").read_text().count("Plotly.newPlot") == n_figures
     assert second["suppression"] == first["suppression"]
+    (out / "suppression.json").write_text("[1, 2]")  # damaged: recomputed, not a crash
+    assert main(["study", str(cfg), "--out", str(out)]) == 0
+    assert "recomputing" in capsys.readouterr().out
+    third = json.loads((out / "summary.json").read_text())
+    assert not third["steps"]["suppression"]["loaded"] and third["steps"]["pruning"]["loaded"]
+    assert third["suppression"] == first["suppression"]  # same seeds, same numbers
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,25 @@ def test_prompt_learns_the_task():
     assert evaluate(model, probe, task.load("dev"), task=task).n == 48
 
 
+def test_prompt_against_a_frozen_linear_probe():
+    """head=probe.head: the fitted probe stays bit for bit, only the prompt learns."""
+    model = _model("bert", d_model=32, d_mlp=48, heads=4)
+    task = word_task(n=128)
+    kw = dict(batch_size=16, patience=100, progress=False)
+    # a weak probe (few steps), so that the prompt has something left to learn
+    probe = tune_prompt(model, task, head="linear", n_tokens=0, max_steps=3, head_lr=0.05, **kw)
+    frozen = copy.deepcopy(probe.head.state_dict())
+    res = tune_prompt(
+        model, task, head=probe.head, n_tokens=4, max_steps=40, eval_every=10, lr=0.1, **kw
+    )
+    assert res.head is probe.head
+    for k, v in probe.head.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"], res.history
+    with pytest.raises(NeuronLensError, match="nothing to train"):
+        tune_prompt(model, task, head=probe.head, n_tokens=0, max_steps=2, **kw)
+
+
 def test_same_seed_same_prompt_bit_for_bit():
     task = word_task()
     runs = [
