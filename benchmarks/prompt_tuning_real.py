@@ -71,7 +71,14 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
     for seed in args.seeds:
         t0 = time.perf_counter()
         tuned = tune_prompt(
-            model, task, train=train, validation=val, n_tokens=args.n_tokens, seed=seed, **kwargs
+            model,
+            task,
+            train=train,
+            validation=val,
+            n_tokens=args.n_tokens,
+            seed=seed,
+            patience=args.patience,
+            **kwargs,
         )
         wall = time.perf_counter() - t0
         row = {
@@ -116,6 +123,9 @@ def main() -> None:
         help="MiniLM: tune the prompt against the frozen linear probe, or with a fresh head",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument(
+        "--patience", type=int, default=3, help="validations without improvement before stopping"
+    )
     ap.add_argument("--out", default=None, help="folder to save the tuned prompts in")
     ap.add_argument(
         "--min-words",
