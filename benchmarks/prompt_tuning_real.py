@@ -78,6 +78,8 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
             n_tokens=args.n_tokens,
             seed=seed,
             patience=args.patience,
+            schedule=args.schedule,
+            warmup_steps=args.warmup,
             **kwargs,
         )
         wall = time.perf_counter() - t0
@@ -123,6 +125,8 @@ def main() -> None:
         help="MiniLM: tune the prompt against the frozen linear probe, or with a fresh head",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--schedule", choices=["constant", "linear"], default="constant")
+    ap.add_argument("--warmup", type=int, default=0, help="warm-up steps of the learning rate")
     ap.add_argument(
         "--patience", type=int, default=3, help="validations without improvement before stopping"
     )

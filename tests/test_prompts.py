@@ -171,6 +171,27 @@ def test_prompt_against_a_frozen_linear_probe():
         tune_prompt(model, task, head=probe.head, n_tokens=0, max_steps=2, **kw)
 
 
+def test_learning_rate_schedules():
+    from neuronlens.prompts.tuning import lr_factor
+
+    # by hand: 2 warm-up steps, then linear decay over the remaining 3 of 5 steps
+    assert [lr_factor(i, 5, schedule="linear", warmup_steps=2) for i in range(5)] == pytest.approx(
+        [0.5, 1.0, 1.0, 2 / 3, 1 / 3]
+    )
+    assert [lr_factor(i, 4, warmup_steps=1) for i in range(4)] == [1.0] * 4
+    assert [lr_factor(i, 4, schedule="linear") for i in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    task, kw = word_task(), dict(n_tokens=3, max_steps=6, progress=False, validation=False)
+    # a decaying learning rate moves the prompt less than a constant one from the same start
+    start = tune_prompt(_model("bert"), task, **{**kw, "max_steps": 1}, lr=0.0).prompt
+    const = tune_prompt(_model("bert"), task, **kw, lr=0.05).prompt
+    decay = tune_prompt(_model("bert"), task, **kw, lr=0.05, schedule="linear").prompt
+    assert 0 < (decay - start).norm() < (const - start).norm()
+    with pytest.raises(NeuronLensError, match="schedule"):
+        tune_prompt(_model("bert"), task, **kw, schedule="cosine")
+    with pytest.raises(NeuronLensError, match="warmup_steps"):
+        tune_prompt(_model("bert"), task, **kw, warmup_steps=-1)
+
+
 def test_same_seed_same_prompt_bit_for_bit():
     task = word_task()
     runs = [

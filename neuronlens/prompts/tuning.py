@@ -266,6 +266,8 @@ def tune_prompt(
     lr: float = 3e-2,
     head_lr: float = 1e-3,
     weight_decay: float = 1e-5,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
     eval_every: int | None = None,
     patience: int = 3,
     seed: int = 0,
@@ -293,6 +295,8 @@ def tune_prompt(
             e.g. to re-train a prompt after pruning.
         epochs, max_steps: training length (``max_steps`` wins when both are given).
         lr, head_lr: AdamW learning rates of the prompt and of a linear head.
+        schedule, warmup_steps: ``"constant"`` learning rates, or ``"linear"``: decay to 0 over
+            the training steps; either after a linear warm-up of ``warmup_steps``.
         eval_every: steps between validations (default: 4 times per epoch); early stopping
             after ``patience`` validations without improvement; the best prompt is returned.
         seed: initialisation and batch order (same seed, same prompt, bit for bit).
@@ -332,6 +336,10 @@ def tune_prompt(
             "with a verbalizer use n_tokens >= 1"
         )
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if schedule not in ("constant", "linear"):
+        raise NeuronLensError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
+    if warmup_steps < 0:
+        raise NeuronLensError(f"warmup_steps must be >= 0, got {warmup_steps}")
 
     enc_train = encode_task(model, hd, task, train, max_length=max_length)
     labels = torch.tensor(train.labels, device=model.device)
@@ -343,6 +351,9 @@ def tune_prompt(
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max_steps if max_steps is not None else max(1, round(epochs * steps_per_epoch))
     eval_every = eval_every or max(1, steps_per_epoch // 4)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: lr_factor(i, total, schedule=schedule, warmup_steps=warmup_steps)
+    )
 
     def val_accuracy() -> float:
         logits = class_logits(model, hd, prompt.detach(), enc_val)
@@ -372,6 +383,7 @@ def tune_prompt(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -422,6 +434,15 @@ def tune_prompt(
         history=history,
         train_size=len(train),
     )
+
+
+def lr_factor(step: int, total: int, *, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """Learning-rate multiplier for optimizer step ``step`` (0-based) of ``total``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup_steps))
+    return 1.0
 
 
 def tune_prompts(
