@@ -169,6 +169,11 @@ def test_prompt_against_a_frozen_linear_probe():
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"], res.history
     with pytest.raises(NeuronLensError, match="nothing to train"):
         tune_prompt(model, task, head=probe.head, n_tokens=0, max_steps=2, **kw)
+    other = _model("bert")  # d_model 16, the probe reads 32-wide states
+    with pytest.raises(ShapeMismatchError, match="head made for this model"):
+        tune_prompt(other, task, head=probe.head, n_tokens=2, max_steps=2, **kw)
+    with pytest.raises(ShapeMismatchError, match="d_model"):
+        evaluate(other, None, task.load("dev"), task=task, head=probe.head)
 
 
 def test_learning_rate_schedules():

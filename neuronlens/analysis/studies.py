@@ -456,11 +456,7 @@ class Distributions(_Table):
         out = []
         for name, sc in self.scores.items():
             pred = sc.flat().numpy()
-            acc = (
-                np.concatenate([sc.extra["accuracy"][s.name].numpy() for s in sc.sites])
-                if "accuracy" in sc.extra
-                else np.full(1, np.nan)
-            )
+            acc = _neuron_accuracy(sc) if "accuracy" in sc.extra else np.full(1, np.nan)
             q = np.percentile(pred, [25, 50, 75])
             out.append(
                 {
@@ -522,9 +518,14 @@ class Distributions(_Table):
                 col=1,
             )
             if has_acc and "accuracy" in sc.extra:
-                acc = np.concatenate([sc.extra["accuracy"][s.name].numpy() for s in sc.sites])
                 fig.add_trace(
-                    go.Box(y=acc, name=n, boxpoints=False, showlegend=False, marker_color=color),
+                    go.Box(
+                        y=_neuron_accuracy(sc),
+                        name=n,
+                        boxpoints=False,
+                        showlegend=False,
+                        marker_color=color,
+                    ),
                     row=2,
                     col=2,
                 )
@@ -538,6 +539,11 @@ class Distributions(_Table):
             height=600,
         )
         return fig
+
+
+def _neuron_accuracy(sc: NeuronScores) -> np.ndarray:
+    """Every neuron's signed accuracy (``scores.extra["accuracy"]``), sites in order."""
+    return np.concatenate([sc.extra["accuracy"][s.name].numpy() for s in sc.sites])
 
 
 def distributions(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from neuronlens.errors import NeuronLensError
+from neuronlens.errors import NeuronLensError, ShapeMismatchError
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import Encoded, NeuronModel
 
@@ -141,6 +141,12 @@ class LinearHead(Head):
         hidden, mask = model.hidden_states(
             batch, prompt=prompt, embeds_require_grad=embeds_require_grad
         )
+        if hidden.shape[-1] != self.linear.in_features:
+            raise ShapeMismatchError(
+                f"this linear head reads {self.linear.in_features}-wide hidden states, but "
+                f"{model.name} has d_model {hidden.shape[-1]}: use a head made for this model "
+                "(head='linear', or the head of a prompt tuned on it)"
+            )
         p = 0 if prompt is None or self.pool == "all" else prompt.shape[0]
         hidden, mask = hidden[:, p:], mask[:, p:].to(hidden.dtype)
         pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)

@@ -437,7 +437,10 @@ def tune_prompt(
 
 
 def lr_factor(step: int, total: int, *, schedule: str = "constant", warmup_steps: int = 0) -> float:
-    """Learning-rate multiplier for optimizer step ``step`` (0-based) of ``total``."""
+    """Learning-rate multiplier for optimizer step ``step`` (0-based) of ``total``.
+
+    Unlike ``transformers.get_linear_schedule_with_warmup`` the warm-up's first step already
+    trains (factor ``1 / warmup_steps``, not 0)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "linear":
