@@ -3,12 +3,13 @@
 For each model: tune a soft prompt on an SST-2 training subset, pick the best prompt on a
 held-out validation subset, then report accuracy on GLUE dev (872) and AdvSST2 (148), the
 wall time, and the baseline without a trained prompt (MiniLM: a frozen linear probe on the
-mean-pooled last hidden state, trained on the same data; SmolLM2: zero-shot with the
+mean-pooled last hidden state, fitted to the optimum on the same data by
+`fit_linear_probe`; SmolLM2: zero-shot with the
 verbalizer " negative" / " positive").
 
     NEURONLENS_DATA_DIR=../shared/data python benchmarks/prompt_tuning_real.py \
         [--models minilm smollm2] [--train 4000] [--epochs 2] [--seeds 0 1] [--out prompts/]
-        [--min-words 8] [--minilm-head probe|joint]
+        [--min-words 8] [--minilm-head from-probe|probe|joint] [--val 400]
 
 The last line printed is one JSON object with every number.
 """
@@ -25,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
-from neuronlens.prompts import Verbalizer, evaluate, tune_prompt  # noqa: E402
+from neuronlens.prompts import Verbalizer, evaluate, fit_linear_probe, tune_prompt  # noqa: E402
 from neuronlens.tasks import get_task  # noqa: E402
 
 
@@ -34,31 +35,28 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
     out: dict = {"model": model.name}
     if name == "minilm":
         t0 = time.perf_counter()
-        probe = tune_prompt(
-            model,
-            task,
-            train=train,
-            validation=val,
-            head="linear",
-            n_tokens=0,
-            epochs=args.epochs,
-            batch_size=32,
-            head_lr=args.head_lr,
-            seed=0,
-        )
+        # L2-regularised logistic regression on the frozen pooled states, solved to the optimum
+        # (L-BFGS), weight decay chosen on the validation set: the strongest linear probe
+        probe = fit_linear_probe(model, task, train=train, validation=val)
         out["baseline"] = {
-            "kind": "frozen linear probe (mean-pooled last hidden state)",
+            "kind": "frozen linear probe (mean-pooled last hidden state, L-BFGS)",
+            "weight_decay": max(
+                (h for h in probe.history), key=lambda h: (h["val_accuracy"], h["weight_decay"])
+            )["weight_decay"],
             "glue_dev": evaluate(model, probe, dev).accuracy,
             "adv_sst2": evaluate(model, probe, adv).accuracy,
             "wall_s": round(time.perf_counter() - t0, 1),
         }
-        # --minilm-head probe: tune the prompt against the fitted probe, frozen (its head is
-        # frozen once trained); joint: the prompt and a fresh linear head together
-        head = probe.head if args.minilm_head == "probe" else "linear"
+        # --minilm-head from-probe: the prompt and a head that starts from the fitted probe;
+        # probe: the prompt against the probe, frozen; joint: the prompt and a fresh head
+        head = {
+            "from-probe": probe.head.trainable_copy(),
+            "probe": probe.head,
+            "joint": "linear",
+        }[args.minilm_head]
+        head_lr = args.head_lr or (1e-2 if args.minilm_head == "joint" else 1e-3)
         out["head"] = args.minilm_head
-        kwargs = dict(
-            head=head, epochs=args.epochs, batch_size=16, lr=args.lr, head_lr=args.head_lr
-        )
+        kwargs = dict(head=head, epochs=args.epochs, batch_size=16, lr=args.lr, head_lr=head_lr)
     else:
         zs = Verbalizer(model, task.verbalizer)
         out["baseline"] = {
@@ -80,6 +78,7 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
             patience=args.patience,
             schedule=args.schedule,
             warmup_steps=args.warmup,
+            eval_every=args.eval_every,
             **kwargs,
         )
         wall = time.perf_counter() - t0
@@ -116,19 +115,28 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--n-tokens", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-2, help="prompt learning rate (AdamW)")
-    ap.add_argument("--head-lr", type=float, default=1e-2, help="linear-head learning rate")
+    ap.add_argument(
+        "--head-lr",
+        type=float,
+        default=None,
+        help="linear-head learning rate (default 1e-3 from the probe, 1e-2 for a fresh head)",
+    )
     ap.add_argument("--smollm2-epochs", type=float, default=0.5)
     ap.add_argument(
         "--minilm-head",
-        choices=["probe", "joint"],
-        default="probe",
-        help="MiniLM: tune the prompt against the frozen linear probe, or with a fresh head",
+        choices=["from-probe", "probe", "joint"],
+        default="from-probe",
+        help="MiniLM: train the prompt and a head started from the linear probe, "
+        "the prompt against the frozen probe, or the prompt and a fresh head",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--schedule", choices=["constant", "linear"], default="constant")
     ap.add_argument("--warmup", type=int, default=0, help="warm-up steps of the learning rate")
     ap.add_argument(
         "--patience", type=int, default=3, help="validations without improvement before stopping"
+    )
+    ap.add_argument(
+        "--eval-every", type=int, default=None, help="steps between validations (4 per epoch)"
     )
     ap.add_argument("--out", default=None, help="folder to save the tuned prompts in")
     ap.add_argument(

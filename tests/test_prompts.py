@@ -6,7 +6,13 @@ import pytest
 import torch
 
 import neuronlens as nl
-from neuronlens.errors import MissingLMHeadError, NeuronLensError, ShapeMismatchError
+from neuronlens.errors import (
+    EmptyDataError,
+    MissingLMHeadError,
+    NeuronLensError,
+    NonFiniteActivationError,
+    ShapeMismatchError,
+)
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
 from neuronlens.prompts import (
     LinearHead,
@@ -15,7 +21,9 @@ from neuronlens.prompts import (
     class_logits,
     encode_task,
     evaluate,
+    fit_linear_probe,
     init_prompt,
+    pooled_features,
     tune_prompt,
     tune_prompts,
 )
@@ -294,3 +302,120 @@ def test_bad_inputs():
         tune_prompt(model, task, init=torch.zeros(3, 7), max_steps=1, progress=False)
     with pytest.raises(NeuronLensError, match="unknown head"):
         tune_prompt(model, task, head="mlp", max_steps=1, progress=False)
+
+
+# ---------------------------------------------------------------------------- linear probe
+
+
+def _slow_pooled(model, task, data):
+    """Reference: one example at a time, the mean of its last hidden states (no padding)."""
+    head = LinearHead(model.d_model, task.num_labels)
+    rows = []
+    with torch.no_grad():
+        for text in data.texts:
+            enc = model.encode([head.render(model, task, text, None)])
+            hidden, _ = model.hidden_states(enc)
+            rows.append(hidden[0].double().mean(0))
+    return torch.stack(rows)
+
+
+def test_linear_probe_features_and_optimum():
+    """Features equal the one-at-a-time reference; the fit is the regularised optimum."""
+    model = _model("bert", d_model=32, d_mlp=48, heads=4)
+    task = word_task(n=128)
+    train = task.load("train")
+    before = copy.deepcopy(model.hf_model.state_dict())
+    probe = fit_linear_probe(model, task, weight_decays=(1e-2,), progress=False)
+    for k, v in model.hf_model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    head = LinearHead(model.d_model, 2)
+    x = pooled_features(model, head, task, train, batch_size=7, progress=False)
+    torch.testing.assert_close(x, _slow_pooled(model, task, train), rtol=1e-5, atol=1e-5)
+    # optimality: the gradient of  mean CE + wd * ||W||^2  vanishes at the fitted head
+    lin = torch.nn.Linear(32, 2, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(probe.head.linear.weight)
+        lin.bias.copy_(probe.head.linear.bias)
+    y = torch.tensor(train.labels)
+    loss = torch.nn.functional.cross_entropy(lin(x), y) + 1e-2 * lin.weight.pow(2).sum()
+    gw, gb = torch.autograd.grad(loss, [lin.weight, lin.bias])
+    assert gw.abs().max() < 1e-4 and gb.abs().max() < 1e-4, (gw, gb)
+    # ... so no head trained by SGD through the model does better on that objective
+    sgd = tune_prompt(
+        model, task, head="linear", n_tokens=0, epochs=3, head_lr=0.05, weight_decay=0.0,
+        patience=100, progress=False,
+    )  # fmt: skip
+    with torch.no_grad():
+        lin.weight.copy_(sgd.head.linear.weight)
+        lin.bias.copy_(sgd.head.linear.bias)
+    sgd_loss = torch.nn.functional.cross_entropy(lin(x), y) + 1e-2 * lin.weight.pow(2).sum()
+    assert loss.item() <= sgd_loss.item() + 1e-9
+    assert probe.n_tokens == 0 and probe.history[0]["weight_decay"] == 1e-2
+    assert not any(p.requires_grad for p in probe.head.parameters())
+
+
+def test_linear_probe_picks_the_best_weight_decay_and_is_deterministic(tmp_path):
+    model = _model("bert", d_model=32, d_mlp=48, heads=4)
+    task = word_task(n=128)
+    decays = (1.0, 0.0, 1e-3, 10.0)
+    probe = fit_linear_probe(model, task, weight_decays=decays, progress=False)
+    hist = probe.history
+    assert [h["weight_decay"] for h in hist] == sorted(decays)
+    best = max(h["val_accuracy"] for h in hist)
+    assert probe.val_accuracy == best
+    chosen = max(w for w in sorted(decays) if hist[sorted(decays).index(w)]["val_accuracy"] == best)
+    # the head kept is the head fitted with the chosen weight decay alone
+    alone = fit_linear_probe(model, task, weight_decays=(chosen,), progress=False)
+    assert torch.equal(alone.head.linear.weight, probe.head.linear.weight)
+    again = fit_linear_probe(model, task, weight_decays=decays, progress=False)
+    assert torch.equal(again.head.linear.weight, probe.head.linear.weight)
+    assert torch.equal(again.head.linear.bias, probe.head.linear.bias)
+    # a huge penalty shrinks the weights
+    assert hist[-1]["train_accuracy"] <= hist[0]["train_accuracy"] + 1e-9
+    # evaluation agrees with the validation accuracy; save / load round trip
+    val = task.load("validation")
+    assert evaluate(model, probe, val, task=task).accuracy == pytest.approx(best)
+    path = probe.save(tmp_path / "probe")
+    loaded = PromptResult.load(path, model)
+    assert loaded.n_tokens == 0
+    dev = task.load("dev")
+    assert torch.equal(
+        evaluate(model, loaded, dev, task=task).predictions,
+        evaluate(model, probe, dev, task=task).predictions,
+    )
+    # and it is a head a prompt can be tuned against
+    res = tune_prompt(
+        model, task, head=probe.head, n_tokens=2, max_steps=4, progress=False, patience=100
+    )
+    assert torch.equal(res.head.linear.weight, probe.head.linear.weight)
+    # ... or trained on from it: the copy moves, the probe stays
+    fitted = probe.head.linear.weight.clone()
+    warm = probe.head.trainable_copy()
+    res = tune_prompt(
+        model, task, head=warm, n_tokens=2, max_steps=4, head_lr=0.05, progress=False,
+        patience=100,
+    )  # fmt: skip
+    assert res.head is warm and not torch.equal(warm.linear.weight, fitted)
+    assert torch.equal(probe.head.linear.weight, fitted)
+    assert not any(p.requires_grad for p in probe.head.parameters())
+
+
+def test_linear_probe_bad_inputs():
+    model = _model("bert")
+    task = word_task()
+    with pytest.raises(NeuronLensError, match="needs a validation split"):
+        fit_linear_probe(model, task, validation=False, progress=False)
+    with pytest.raises(NeuronLensError, match=">= 0"):
+        fit_linear_probe(model, task, weight_decays=(-1.0,), progress=False)
+    with pytest.raises(NeuronLensError, match=">= 0"):
+        fit_linear_probe(model, task, weight_decays=(), progress=False)
+    with pytest.raises(EmptyDataError, match="no examples"):  # an empty split cannot exist
+        empty = task.load("train").where(lambda text, text_b, label: False)
+        fit_linear_probe(model, task, train=empty, progress=False)
+    probe = fit_linear_probe(model, task, validation=False, weight_decays=(0.1,), progress=False)
+    assert probe.val_accuracy is None and probe.history[0]["val_accuracy"] is None
+    broken = _model("bert")
+    with torch.no_grad():
+        broken.input_embeddings.weight[broken.tokenizer.convert_tokens_to_ids("w1")] = float("nan")
+    with pytest.raises(NonFiniteActivationError, match="NaN or infinite hidden states"):
+        fit_linear_probe(broken, task, progress=False)

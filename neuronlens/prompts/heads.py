@@ -12,6 +12,7 @@ A head also decides how a task's template is rendered for the model (:meth:`rend
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 
@@ -37,6 +38,12 @@ class Head(nn.Module):
 
     def render(self, model: NeuronModel, task, text: str, text_b: str | None) -> str:
         raise NotImplementedError
+
+    def trainable_copy(self) -> Head:
+        """A copy whose parameters require grad (the heads of tuned results are frozen):
+        ``tune_prompt(head=probe.head.trainable_copy())`` trains the prompt and a head that
+        starts from the fitted probe, which is left as it is."""
+        return copy.deepcopy(self).requires_grad_(True)
 
     def class_logits(
         self,
@@ -138,6 +145,19 @@ class LinearHead(Head):
         *,
         embeds_require_grad: bool = False,
     ) -> Tensor:
+        return self.linear(
+            self.pooled(model, batch, prompt, embeds_require_grad=embeds_require_grad)
+        )
+
+    def pooled(
+        self,
+        model: NeuronModel,
+        batch: Encoded,
+        prompt: Tensor | None,
+        *,
+        embeds_require_grad: bool = False,
+    ) -> Tensor:
+        """``[B, d_model]``: the mean-pooled last hidden state this head reads."""
         hidden, mask = model.hidden_states(
             batch, prompt=prompt, embeds_require_grad=embeds_require_grad
         )
@@ -149,8 +169,7 @@ class LinearHead(Head):
             )
         p = 0 if prompt is None or self.pool == "all" else prompt.shape[0]
         hidden, mask = hidden[:, p:], mask[:, p:].to(hidden.dtype)
-        pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        return self.linear(pooled)
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
 
 
 def label_word_id(model: NeuronModel, word: str) -> int:

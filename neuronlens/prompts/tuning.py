@@ -286,11 +286,13 @@ def tune_prompt(
         head: ``"auto"`` (verbalizer if the model has a trained LM head, else linear),
             ``"verbalizer"``, ``"linear"`` or a :class:`Head`. A given head is used as it is:
             its parameters train only where they require grad, and the heads of tuned results
-            are frozen, so ``head=probe.head`` (``probe`` from ``n_tokens=0``) tunes a prompt
-            against a fixed, already fitted linear probe (on MiniLM / SST-2 this gained about
-            2 points on GLUE dev over training prompt and a fresh head together).
+            are frozen, so ``head=probe.head`` (``probe`` from :func:`fit_linear_probe`)
+            tunes a prompt against a fixed, already fitted linear probe (on MiniLM / SST-2
+            this gained about 2 points on GLUE dev over training prompt and a fresh head
+            together).
         n_tokens: prompt length ``p`` (100 in the robustness paper, 20 for SKELETON / SKIP);
-            0 with a linear head trains the head alone (the frozen linear-probe baseline).
+            0 with a linear head trains the head alone by AdamW (:func:`fit_linear_probe`
+            fits that baseline faster and to the optimum).
         init: start from this prompt (``[p, d_model]``) instead of vocabulary embeddings,
             e.g. to re-train a prompt after pruning.
         epochs, max_steps: training length (``max_steps`` wins when both are given).
