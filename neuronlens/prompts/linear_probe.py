@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from neuronlens.errors import EmptyDataError, NeuronLensError, NonFiniteActivationError
+from neuronlens.errors import NeuronLensError, NonFiniteActivationError
 from neuronlens.models.model import NeuronModel
 from neuronlens.prompts.heads import LinearHead
-from neuronlens.prompts.tuning import PromptResult, encode_task
+from neuronlens.prompts.tuning import PromptResult, encode_task, training_splits
 
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -128,29 +128,15 @@ def fit_linear_probe(
     ``history`` has one entry per weight decay: ``step`` (L-BFGS iterations),
     ``weight_decay``, ``train_loss``, ``train_accuracy``, ``val_accuracy``.
     """
-    from neuronlens.tasks import get_task
-
-    if isinstance(task, str):
-        task = get_task(task)
     decays = sorted(float(w) for w in weight_decays)
     if not decays or any(not w >= 0 for w in decays):
         raise NeuronLensError(f"weight_decays must be one or more values >= 0, got {decays}")
-    train = train if train is not None else task.load("train", data_dir=data_dir)
-    if validation is False:
-        validation = None
-    elif validation is None and "validation" in task.splits:
-        validation = task.load("validation", data_dir=data_dir)
-        if val_limit is not None:
-            validation = validation.subset(val_limit, seed=0)
+    task, train, validation = training_splits(task, train, validation, data_dir, val_limit)
     if validation is None and len(decays) > 1:
         raise NeuronLensError(
             f"choosing among weight decays {decays} needs a validation split; pass "
             "validation=... or a single weight decay, e.g. weight_decays=(1e-3,)"
         )
-    if len(train) == 0:
-        raise EmptyDataError(f"task {task.name!r}: the training split is empty")
-    if validation is not None and len(validation) == 0:
-        raise EmptyDataError(f"task {task.name!r}: the validation split is empty")
     head = LinearHead(model.d_model, task.num_labels, pool)
     feats = lambda d: pooled_features(  # noqa: E731
         model, head, task, d, batch_size=batch_size, max_length=max_length, progress=progress

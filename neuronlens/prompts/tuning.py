@@ -251,6 +251,28 @@ def evaluate(
 # ---------------------------------------------------------------------------- training
 
 
+def training_splits(task, train, validation, data_dir, val_limit):
+    """``(task, train, validation)`` with the defaults of :func:`tune_prompt`: the task's
+    train split, and a seeded ``val_limit`` subset of its validation split (``None`` when
+    ``validation is False`` or the task has none)."""
+    from neuronlens.tasks import get_task
+
+    if isinstance(task, str):
+        task = get_task(task)
+    train = train if train is not None else task.load("train", data_dir=data_dir)
+    if validation is False:  # explicitly none: fixed number of steps, no early stopping
+        validation = None
+    elif validation is None and "validation" in task.splits:
+        validation = task.load("validation", data_dir=data_dir)
+        if val_limit is not None:
+            validation = validation.subset(val_limit, seed=0)
+    if len(train) == 0:
+        raise EmptyDataError(f"task {task.name!r}: the training split is empty")
+    if validation is not None and len(validation) == 0:
+        raise EmptyDataError(f"task {task.name!r}: the validation split is empty")
+    return task, train, validation
+
+
 def tune_prompt(
     model: NeuronModel,
     task,
@@ -303,19 +325,7 @@ def tune_prompt(
             after ``patience`` validations without improvement; the best prompt is returned.
         seed: initialisation and batch order (same seed, same prompt, bit for bit).
     """
-    from neuronlens.tasks import get_task
-
-    if isinstance(task, str):
-        task = get_task(task)
-    train = train if train is not None else task.load("train", data_dir=data_dir)
-    if validation is False:  # explicitly none: fixed number of steps, no early stopping
-        validation = None
-    elif validation is None and "validation" in task.splits:
-        validation = task.load("validation", data_dir=data_dir)
-        if val_limit is not None:
-            validation = validation.subset(val_limit, seed=0)
-    if len(train) == 0:
-        raise EmptyDataError(f"task {task.name!r}: the training split is empty")
+    task, train, validation = training_splits(task, train, validation, data_dir, val_limit)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # linear-head initialisation
