@@ -54,9 +54,10 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
             "probe": probe.head,
             "joint": "linear",
         }[args.minilm_head]
-        head_lr = args.head_lr or (1e-2 if args.minilm_head == "joint" else 1e-3)
         out["head"] = args.minilm_head
-        kwargs = dict(head=head, epochs=args.epochs, batch_size=16, lr=args.lr, head_lr=head_lr)
+        kwargs = dict(
+            head=head, epochs=args.epochs, batch_size=16, lr=args.lr, head_lr=args.head_lr
+        )
     else:
         zs = Verbalizer(model, task.verbalizer)
         out["baseline"] = {
@@ -115,12 +116,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--n-tokens", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-2, help="prompt learning rate (AdamW)")
-    ap.add_argument(
-        "--head-lr",
-        type=float,
-        default=None,
-        help="linear-head learning rate (default 1e-3 from the probe, 1e-2 for a fresh head)",
-    )
+    ap.add_argument("--head-lr", type=float, default=1e-2, help="linear-head learning rate")
     ap.add_argument("--smollm2-epochs", type=float, default=0.5)
     ap.add_argument(
         "--minilm-head",

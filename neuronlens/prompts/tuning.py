@@ -309,9 +309,10 @@ def tune_prompt(
             ``"verbalizer"``, ``"linear"`` or a :class:`Head`. A given head is used as it is:
             its parameters train only where they require grad, and the heads of tuned results
             are frozen, so ``head=probe.head`` (``probe`` from :func:`fit_linear_probe`)
-            tunes a prompt against a fixed, already fitted linear probe (on MiniLM / SST-2
-            this gained about 2 points on GLUE dev over training prompt and a fresh head
-            together).
+            tunes a prompt against a fixed, already fitted linear probe, and
+            ``head=probe.head.trainable_copy()`` trains the prompt and a head started from
+            the probe (on MiniLM / SST-2 the best: 83.6 % on GLUE dev, against 80.7 % with
+            the probe frozen and 79.9 % for the probe alone).
         n_tokens: prompt length ``p`` (100 in the robustness paper, 20 for SKELETON / SKIP);
             0 with a linear head trains the head alone by AdamW (:func:`fit_linear_probe`
             fits that baseline faster and to the optimum).
