@@ -351,6 +351,7 @@ def test_linear_probe_features_and_optimum():
     sgd_loss = torch.nn.functional.cross_entropy(lin(x), y) + 1e-2 * lin.weight.pow(2).sum()
     assert loss.item() <= sgd_loss.item() + 1e-9
     assert probe.n_tokens == 0 and probe.history[0]["weight_decay"] == 1e-2
+    assert probe.history[0]["step"] > 0  # L-BFGS iterations
     assert not any(p.requires_grad for p in probe.head.parameters())
 
 

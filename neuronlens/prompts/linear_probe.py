@@ -90,7 +90,7 @@ def _fit(x: Tensor, y: Tensor, n_classes: int, weight_decay: float, max_iter: in
         return loss
 
     opt.step(closure)
-    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+    n_iter = int(opt.state[linear.weight].get("n_iter", 0))  # LBFGS keeps its state there
     return linear.requires_grad_(False), n_iter
 
 
@@ -138,9 +138,13 @@ def fit_linear_probe(
             "validation=... or a single weight decay, e.g. weight_decays=(1e-3,)"
         )
     head = LinearHead(model.d_model, task.num_labels, pool)
-    feats = lambda d: pooled_features(  # noqa: E731
-        model, head, task, d, batch_size=batch_size, max_length=max_length, progress=progress
-    )
+
+    def feats(data):
+        return pooled_features(
+            model, head, task, data, batch_size=batch_size, max_length=max_length,
+            progress=progress,
+        )  # fmt: skip
+
     x, y = feats(train), torch.tensor(train.labels)
     xv = yv = None
     if validation is not None:
