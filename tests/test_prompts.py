@@ -413,6 +413,12 @@ def test_linear_probe_bad_inputs():
     with pytest.raises(EmptyDataError, match="no examples"):  # an empty split cannot exist
         empty = task.load("train").where(lambda text, text_b, label: False)
         fit_linear_probe(model, task, train=empty, progress=False)
+    with pytest.raises(NeuronLensError, match="max_iter"):
+        fit_linear_probe(model, task, max_iter=0, progress=False)
+    with pytest.raises(NeuronLensError, match="batch_size"):
+        fit_linear_probe(model, task, batch_size=0, progress=False)
+    with pytest.raises(NeuronLensError, match="what a LinearHead reads"):
+        pooled_features(model, Verbalizer(model, task.verbalizer), task, task.load("dev"))
     probe = fit_linear_probe(model, task, validation=False, weight_decays=(0.1,), progress=False)
     assert probe.val_accuracy is None and probe.history[0]["val_accuracy"] is None
     broken = _model("bert")

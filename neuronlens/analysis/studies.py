@@ -506,28 +506,14 @@ class Distributions(_Table):
         for i, n in enumerate(names):
             color = palette[i % len(palette)]
             sc = self.scores[n]
-            fig.add_trace(
-                go.Box(
-                    y=sc.flat().numpy(),
-                    name=n,
-                    boxpoints=False,
-                    showlegend=False,
-                    marker_color=color,
-                ),
-                row=2,
-                col=1,
-            )
+            boxes = [(1, sc.flat().numpy())]  # (column, values): predictivity, neuron accuracy
             if has_acc and "accuracy" in sc.extra:
+                boxes.append((2, _neuron_accuracy(sc)))
+            for col, values in boxes:
                 fig.add_trace(
-                    go.Box(
-                        y=_neuron_accuracy(sc),
-                        name=n,
-                        boxpoints=False,
-                        showlegend=False,
-                        marker_color=color,
-                    ),
+                    go.Box(y=values, name=n, boxpoints=False, showlegend=False, marker_color=color),
                     row=2,
-                    col=2,
+                    col=col,
                 )
         fig.update_yaxes(title_text="accuracy", row=1, col=1)
         fig.update_yaxes(title_text="predictivity", row=2, col=1)

@@ -40,6 +40,13 @@ def pooled_features(
     progress: bool | None = None,
 ) -> Tensor:
     """``[N, d_model]`` pooled last hidden states of ``data`` (no prompt), as ``head`` reads them."""
+    if not isinstance(head, LinearHead):
+        raise NeuronLensError(
+            f"pooled features are what a LinearHead reads; got {type(head).__name__}: pass "
+            "LinearHead(model.d_model, task.num_labels)"
+        )
+    if batch_size < 1:
+        raise NeuronLensError(f"batch_size must be >= 1, got {batch_size}")
     enc = encode_task(model, head, task, data, max_length=max_length)
     starts = range(0, len(enc), batch_size)
     out = []
@@ -131,6 +138,8 @@ def fit_linear_probe(
     decays = sorted(float(w) for w in weight_decays)
     if not decays or any(not w >= 0 for w in decays):
         raise NeuronLensError(f"weight_decays must be one or more values >= 0, got {decays}")
+    if max_iter < 1:
+        raise NeuronLensError(f"max_iter (L-BFGS iterations) must be >= 1, got {max_iter}")
     task, train, validation = training_splits(task, train, validation, data_dir, val_limit)
     if validation is None and len(decays) > 1:
         raise NeuronLensError(
