@@ -1,15 +1,20 @@
 """Real prompt-tuning run on SST-2: MiniLM (linear head) and SmolLM2 (verbalizer).
 
 For each model: tune a soft prompt on an SST-2 training subset, pick the best prompt on a
-held-out validation subset, then report accuracy on GLUE dev (872) and AdvSST2 (148), the
-wall time, and the baseline without a trained prompt (MiniLM: a frozen linear probe on the
-mean-pooled last hidden state, fitted to the optimum on the same data by
+validation set of whole sentences kept out of training, then report accuracy on GLUE dev (872)
+and AdvSST2 (148), the wall time, and the baseline without a trained prompt (MiniLM: a frozen
+linear probe on the mean-pooled last hidden state, fitted to the optimum on the same data by
 `fit_linear_probe`; SmolLM2: zero-shot with the
 verbalizer " negative" / " positive").
 
     NEURONLENS_DATA_DIR=../shared/data python benchmarks/prompt_tuning_real.py \
         [--models minilm smollm2] [--train 4000] [--epochs 2] [--seeds 0 1] [--out prompts/]
         [--min-words 8] [--minilm-head from-probe|probe|joint] [--val 400]
+        [--val-from sentences|heldout]
+
+Validation (early stopping, the probe's weight decay) is by default 400 whole training
+sentences that are kept out of training with all their phrases (`sentence_disjoint_split`):
+SST-2's held-out rows are mostly phrases of training sentences (306 of 400 lie inside one).
 
 The last line printed is one JSON object with every number.
 """
@@ -27,7 +32,7 @@ import torch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.prompts import Verbalizer, evaluate, fit_linear_probe, tune_prompt  # noqa: E402
-from neuronlens.tasks import get_task  # noqa: E402
+from neuronlens.tasks import count_contained, get_task, sentence_disjoint_split  # noqa: E402
 
 
 def run_model(name: str, args, task, train, val, dev, adv) -> dict:
@@ -112,7 +117,7 @@ def main() -> None:
         "--models", nargs="+", default=["minilm", "smollm2"], choices=["minilm", "smollm2"]
     )
     ap.add_argument("--train", type=int, default=4000, help="SST-2 training sentences (subset)")
-    ap.add_argument("--val", type=int, default=400, help="validation sentences (held-out subset)")
+    ap.add_argument("--val", type=int, default=400, help="validation examples (see --val-from)")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--n-tokens", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-2, help="prompt learning rate (AdamW)")
@@ -134,6 +139,13 @@ def main() -> None:
     ap.add_argument(
         "--eval-every", type=int, default=None, help="steps between validations (4 per epoch)"
     )
+    ap.add_argument(
+        "--val-from",
+        choices=["sentences", "heldout"],
+        default="sentences",
+        help="validation: whole SST-2 training sentences kept out of training "
+        "(sentence_disjoint_split), or the task's held-out rows (phrases of training sentences)",
+    )
     ap.add_argument("--out", default=None, help="folder to save the tuned prompts in")
     ap.add_argument(
         "--min-words",
@@ -147,12 +159,19 @@ def main() -> None:
     train, val = task.load("train"), task.load("validation")
     if args.min_words:  # SST-2 train holds every phrase of the parse trees; GLUE dev is sentences
         train, val = (_min_words(d, args.min_words) for d in (train, val))
-    train, val = train.subset(args.train, seed=0), val.subset(args.val, seed=0)
+    if args.val_from == "sentences":
+        # whole training sentences, none of them (or any phrase of them) trained on
+        train, val = sentence_disjoint_split(train, args.val, seed=0)
+    else:  # the task's held-out rows: most are phrases of training sentences
+        val = val.subset(args.val, seed=0)
+    train = train.subset(args.train, seed=0)
     dev, adv = task.load("dev"), get_task("adv_sst2").load("dev")
     report = {
         "task": "sst2",
         "train": len(train),
         "val": len(val),
+        "val_from": args.val_from,
+        "val_inside_train": count_contained(train, val),
         "glue_dev": len(dev),
         "adv_sst2": len(adv),
         "threads": torch.get_num_threads(),

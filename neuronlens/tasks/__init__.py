@@ -16,6 +16,7 @@ from neuronlens.tasks.data import (
     TaskData,
     resolve_data_dir,
 )
+from neuronlens.tasks.splits import count_contained, sentence_disjoint_split
 from neuronlens.tasks.synthetic import generate_toy_sentiment, toy_sentiment_task
 
 __all__ = [
@@ -27,10 +28,12 @@ __all__ = [
     "Split",
     "Task",
     "TaskData",
+    "count_contained",
     "generate_toy_sentiment",
     "get_task",
     "list_tasks",
     "register_task",
     "resolve_data_dir",
+    "sentence_disjoint_split",
     "toy_sentiment_task",
 ]

@@ -27,7 +27,10 @@ Splits where the hub and the local files are cut differently:
   (6,735 rows); ``dev`` (= ``test``) is GLUE's dev set, the set AdvSST2 was built from.
   Locally the held-out rows are ``sst2/train_heldout.tsv``; on the hub they are a seeded
   draw (:class:`~neuronlens.tasks.data.HoldOut`, seed 0), so the two sources hold out
-  different rows.
+  different rows. GLUE's train set holds every phrase of every parse tree, so most held-out
+  rows are phrases of training sentences (306 of 400 rows of >= 8 words); for validation
+  that measures generalisation use
+  :func:`~neuronlens.tasks.splits.sentence_disjoint_split` on ``train``.
 - ``agnews``: ``validation`` is 10,001 rows of AG News train (``agnews/dev.tsv``; on the hub
   a seeded draw of as many), ``train`` the rest of train (hub only here).
 - ``cb``: ``train`` is FewGLUE's 32 examples locally but SuperGLUE's full 250 on the hub;
