@@ -14,6 +14,7 @@ tokenised and lower-cased the same way as its sentences).
 
 from __future__ import annotations
 
+import numbers
 import random
 
 from neuronlens.errors import DataError
@@ -44,7 +45,7 @@ def sentence_disjoint_split(
     phrases). Both keep the order of ``data``. Filter ``data`` first (e.g. with
     :meth:`TaskData.where`) to train on longer phrases only.
     """
-    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
+    if isinstance(n_val, bool) or not isinstance(n_val, numbers.Integral) or n_val < 1:
         raise DataError(f"n_val must be an integer >= 1, got {n_val!r}")
     words = _words(data.texts)
     min_len = min((len(w) for w in words), default=1)
@@ -60,7 +61,7 @@ def sentence_disjoint_split(
             f"{data.task!r} {data.split!r}: {len(data)} texts hold {len(sentences)} sentences; "
             f"n_val={n_val} would leave none for training"
         )
-    val_rows = sorted(random.Random(seed).sample(sorted(sentences), n_val))
+    val_rows = sorted(random.Random(seed).sample(sorted(sentences), int(n_val)))
     in_val: set[tuple[str, ...]] = set()
     for i in val_rows:
         in_val.update(_spans(words[i], min_len))
