@@ -87,6 +87,10 @@ def test_sentence_disjoint_split_errors():
             sentence_disjoint_split(data, bad)
     with pytest.raises(DataError, match="sentences"):
         sentence_disjoint_split(data, 100)
+    with pytest.raises(DataError, match="must be a TaskData"):
+        sentence_disjoint_split(list(data.texts), 1)
+    with pytest.raises(DataError, match="b must be a TaskData"):
+        count_contained(data, ["w1 w2"])
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data")

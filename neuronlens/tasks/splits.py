@@ -29,8 +29,13 @@ def _spans(words: tuple[str, ...], min_len: int):
             yield words[i:j]
 
 
-def _words(texts) -> list[tuple[str, ...]]:
-    return [tuple(t.split()) for t in texts]
+def _words(data: TaskData, name: str) -> list[tuple[str, ...]]:
+    if not isinstance(data, TaskData):
+        raise DataError(
+            f"{name} must be a TaskData (a task split, e.g. get_task('sst2').load('train'), or "
+            f"Task.from_lists(...).load(...)), got {type(data).__name__}"
+        )
+    return [tuple(t.split()) for t in data.texts]
 
 
 def sentence_disjoint_split(
@@ -47,7 +52,7 @@ def sentence_disjoint_split(
     """
     if isinstance(n_val, bool) or not isinstance(n_val, numbers.Integral) or n_val < 1:
         raise DataError(f"n_val must be an integer >= 1, got {n_val!r}")
-    words = _words(data.texts)
+    words = _words(data, "data")
     min_len = min((len(w) for w in words), default=1)
     # longest first: a text already inside a sentence seen is a phrase, else a new sentence
     inside: set[tuple[str, ...]] = set()
@@ -75,10 +80,10 @@ def count_contained(a: TaskData, b: TaskData) -> int:
     ``count_contained(train, validation)`` is the number of validation examples a model may
     have seen, whole or as part of a longer training text.
     """
-    words_b = _words(b.texts)
+    words_b = _words(b, "b")
     lengths = {len(w) for w in words_b}
     seen: set[tuple[str, ...]] = set()
-    for w in _words(a.texts):
+    for w in _words(a, "a"):
         n = len(w)
         seen.update(w[i : i + k] for k in lengths if k <= n for i in range(n - k + 1))
     return sum(w in seen for w in words_b)
