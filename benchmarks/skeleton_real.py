@@ -2,10 +2,10 @@
 
 1. Take an SST-2 prompt for all-MiniLM-L6-v2 (``--prompt`` a saved one, else tune one).
 2. SKELETON: attribution on 20 training examples, binary search of the kept ratio in 5 %
-   steps, prompt re-training after each prune, accept within psi = 1 point on a held-out
-   validation subset. Report the ratio found, GLUE-dev and AdvSST2 accuracy before / after,
-   and the measured CPU speed-up of the pruned model (batch 8 x (128 + 20 prompt tokens),
-   interleaved, median) next to its FLOP ceiling.
+   steps, prompt re-training after each prune, accept within psi = 1 point on validation
+   sentences kept out of training (``sentence_disjoint_split``). Report the ratio found,
+   GLUE-dev and AdvSST2 accuracy before / after, and the measured CPU speed-up of the pruned
+   model (batch 8 x (128 + 20 prompt tokens), interleaved, median) next to its FLOP ceiling.
 3. At one fixed kept ratio, prune by attribution / activation / gradient / random scores,
    re-train the prompt the same way, and report GLUE-dev accuracy of each.
 
@@ -35,7 +35,7 @@ from neuronlens.pruning import (  # noqa: E402
     retrain_prompt,
     skeleton_search,
 )
-from neuronlens.tasks import get_task  # noqa: E402
+from neuronlens.tasks import get_task, sentence_disjoint_split  # noqa: E402
 
 
 def main() -> None:
@@ -50,8 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     model = nl.load_minilm()
     sst2 = get_task("sst2")
-    train = sst2.load("train").subset(4000, seed=0)
-    val = sst2.load("validation").subset(args.val, seed=1)
+    # validation: whole sentences kept out of train (held-out rows would be phrases of it)
+    pool, val = sentence_disjoint_split(sst2.load("train"), args.val, seed=1)
+    train = pool.subset(4000, seed=0)
     dev, adv = sst2.load("dev"), get_task("adv_sst2").load("dev")
     t0 = time.perf_counter()
     if args.prompt:

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import neuronlens as nl  # noqa: E402
 from neuronlens.probes import predictivity  # noqa: E402
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt  # noqa: E402
-from neuronlens.tasks import get_task  # noqa: E402
+from neuronlens.tasks import get_task, sentence_disjoint_split  # noqa: E402
 
 
 def main() -> None:
@@ -54,8 +54,9 @@ def main() -> None:
             for p in sorted(glob.glob(os.path.join(args.prompts, "minilm-*.safetensors")))
         ]
     else:
-        train = sst2.load("train").subset(args.tune_train, seed=1)
-        val = sst2.load("validation").subset(300, seed=0)
+        # validation: whole sentences kept out of train (held-out rows are phrases of it)
+        pool, val = sentence_disjoint_split(sst2.load("train"), 300, seed=0)
+        train = pool.subset(args.tune_train, seed=1)
         prompts = [
             tune_prompt(
                 model,

@@ -16,6 +16,11 @@ Config (TOML; every field optional except ``model`` and ``task``)::
     task = "sst2"               # a registered task name
     data_dir = "../shared/data" # else $NEURONLENS_DATA_DIR (not needed for toy_sentiment)
     train_size = 1000           # examples used for tuning and baselines
+    validation = "auto"         # early stopping: "split" (the task's validation split),
+                                # "sentences" (whole sentences split off train, see
+                                # sentence_disjoint_split), "none"; "auto": "sentences" for
+                                # tasks whose train holds phrases of its sentences (SST-2),
+                                # else "split" when the task has one, else "none"
     eval_split = "dev"
     eval_size = 400
     n_tokens = 20
@@ -37,6 +42,9 @@ from pathlib import Path
 from neuronlens.errors import NeuronLensError
 
 STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
+VALIDATION = ("auto", "split", "sentences", "none")
+#: validation examples drawn for early stopping (at most; fewer when ``eval_size`` is smaller)
+MAX_VAL = 300
 
 
 class ConfigError(NeuronLensError, ValueError):
@@ -51,6 +59,7 @@ class StudyConfig:
     task: str
     data_dir: str | None = None
     train_size: int = 1000
+    validation: str = "auto"
     eval_split: str = "dev"
     eval_size: int = 400
     n_tokens: int = 20
@@ -78,6 +87,7 @@ class StudyConfig:
             "task": str,
             "data_dir": (str, type(None)),
             "train_size": int,
+            "validation": str,
             "eval_split": str,
             "eval_size": int,
             "n_tokens": int,
@@ -98,6 +108,11 @@ class StudyConfig:
                     f"expected {getattr(types[key], '__name__', types[key])}"
                 )
         cfg = cls(**raw)
+        if cfg.validation not in VALIDATION:
+            raise ConfigError(
+                f"config field 'validation' must be one of {list(VALIDATION)}, "
+                f"got {cfg.validation!r}"
+            )
         if not cfg.seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds
         ):
@@ -155,6 +170,37 @@ def load_study_model(name: str):
     return nl.load_model(name)
 
 
+def study_data(cfg: StudyConfig, task) -> tuple:
+    """``(train, validation, how)``: the training subset and the early-stopping data.
+
+    ``validation`` is ``False`` for none; ``how`` says where it came from (``"split"``,
+    ``"sentences"`` or ``"none"``, ``cfg.validation`` with ``"auto"`` resolved). With
+    ``"sentences"`` the validation sentences and their phrases are removed from the training
+    data before ``train_size`` examples are drawn.
+    """
+    from neuronlens.tasks import sentence_disjoint_split
+
+    how = cfg.validation
+    if how == "auto":
+        if task.train_has_phrases:
+            how = "sentences"
+        else:
+            how = "split" if "validation" in task.splits else "none"
+    if how == "split" and "validation" not in task.splits:
+        raise ConfigError(
+            f"validation = 'split', but task {task.name!r} has no validation split "
+            f"(its splits: {list(task.splits)}); use 'sentences' or 'none'"
+        )
+    n_val = min(cfg.eval_size, MAX_VAL)
+    full = task.load("train", data_dir=cfg.data_dir)
+    val = False
+    if how == "sentences":
+        full, val = sentence_disjoint_split(full, n_val, seed=0)
+    elif how == "split":
+        val = task.load("validation", data_dir=cfg.data_dir).subset(n_val, seed=0)
+    return full.subset(cfg.train_size, seed=0), val, how
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``."""
     from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
@@ -175,18 +221,14 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model = load_study_model(cfg.model)
     task = get_task(cfg.task)
-    train = task.load("train", data_dir=cfg.data_dir).subset(cfg.train_size, seed=0)
-    val = (
-        task.load("validation", data_dir=cfg.data_dir).subset(min(cfg.eval_size, 300), seed=0)
-        if "validation" in task.splits
-        else False
-    )
+    train, val, val_from = study_data(cfg, task)
     evald = task.load(cfg.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
     summary: dict = {
         "model": model.name,
         "task": task.name,
         "eval_split": cfg.eval_split,
         "n_eval": len(evald),
+        "validation": {"from": val_from, "n": len(val) if val else 0},
         "steps": {},
     }
 

@@ -9,9 +9,10 @@ import zlib
 import pytest
 
 from neuronlens.cli import main
-from neuronlens.study import ConfigError, StudyConfig
-from neuronlens.tasks import register_task
+from neuronlens.study import ConfigError, StudyConfig, study_data
+from neuronlens.tasks import Task, count_contained, get_task, register_task
 
+from .conftest import SHARED_DATA
 from .probe_fixtures import word_task
 
 CONFIG = """
@@ -82,6 +83,7 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
         (CONFIG.replace("seeds = [0, 1]", 'seeds = "0"'), "seeds"),
         (CONFIG.replace("prune_keep = 0.5", "prune_keep = 1.5"), "prune_keep"),
         (CONFIG.replace("n_tokens = 3", "n_tokens = 0"), "n_tokens"),
+        (CONFIG + '\nvalidation = "heldout"', "validation"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, capsys, text, field):
@@ -100,6 +102,55 @@ def test_shipped_real_config_is_valid():
     path = Path(__file__).parents[1] / "benchmarks" / "study_minilm_sst2.toml"
     cfg = StudyConfig.from_toml(path)
     assert (cfg.model, cfg.task, cfg.eval_split, cfg.eval_size) == ("minilm", "sst2", "dev", 872)
+
+
+def _phrase_task(train_has_phrases: bool) -> Task:
+    """Sentences of 6-8 words, each with its prefixes of >= 3 words (phrases), and a
+    validation split of held-out phrases (which leak: they lie inside training sentences)."""
+    rows = []
+    for i in range(30):
+        words = [f"s{i}w{j}" for j in range(6 + i % 3)]
+        rows += [(" ".join(words[:k]), i % 2) for k in range(3, len(words) + 1)]
+    task = Task.from_lists(
+        "phrase_words",
+        label_names=("neg", "pos"),
+        splits={
+            "train": list(zip(*rows[::2], strict=True)),
+            "validation": list(zip(*rows[1::2], strict=True)),
+        },
+    )
+    task.train_has_phrases = train_has_phrases
+    return task
+
+
+def test_study_validation_choice():
+    """'auto' splits whole sentences off train for phrase tasks, else uses the validation
+    split when there is one; the split-off sentences and their phrases leave train."""
+    cfg = StudyConfig(model="tiny:bert", task="phrase_words", train_size=1000, eval_size=5)
+    train, val, how = study_data(cfg, _phrase_task(True))
+    whole = {t for t in val.texts if not any(t != u and t in u for u in val.texts)}
+    assert how == "sentences" and len(val) == 5 and len(whole) == 5
+    assert count_contained(train, val) == 0 and len(train) > 0
+    # the naive split leaks: its phrases are prefixes of training sentences
+    train, val, how = study_data(cfg, _phrase_task(False))
+    assert how == "split" and len(val) == 5 and count_contained(train, val) > 0
+    for choice, expect in (("none", False), ("split", "split"), ("sentences", "sentences")):
+        cfg.validation = choice
+        _, val, how = study_data(cfg, _phrase_task(True))
+        assert how == choice and (val is False) == (expect is False)
+    cfg = StudyConfig(model="tiny:bert", task="cli_words", validation="auto")
+    assert study_data(cfg, get_task("cli_words"))[1:] == (False, "none")  # no validation split
+    cfg.validation = "split"
+    with pytest.raises(ConfigError, match="no validation split"):
+        study_data(cfg, get_task("cli_words"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data")
+def test_sst2_study_validates_on_unseen_sentences():
+    cfg = StudyConfig(model="minilm", task="sst2", data_dir=str(SHARED_DATA), train_size=2000)
+    train, val, how = study_data(cfg, get_task("sst2"))
+    assert how == "sentences" and len(val) == 300 and len(train) == 2000
+    assert count_contained(train, val) == 0
 
 
 def test_missing_or_broken_config_file(tmp_path):

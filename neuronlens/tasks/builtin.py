@@ -119,6 +119,7 @@ def _sst2() -> Task:
         verbalizer=SENTIMENT,
         label_space="sentiment2",
         description="Stanford Sentiment Treebank, binary (GLUE SST-2).",
+        train_has_phrases=True,
         splits={
             "train": Split(
                 local=LocalFile("sst2/train.tsv", "sentence", "label"),

@@ -365,6 +365,10 @@ class Task:
             verbalizers may be evaluated on each other (``"sentiment2"`` for SST-2, IMDB and
             AdvSST2). Defaults to the task's name.
         description: a line on the task and its splits.
+        train_has_phrases: ``train`` holds phrases of its own sentences (SST-2 holds every
+            phrase of every parse tree), so rows held out of it share sentences with the rest;
+            validation should then come from
+            :func:`~neuronlens.tasks.splits.sentence_disjoint_split` (studies do this).
     """
 
     name: str
@@ -374,6 +378,7 @@ class Task:
     splits: dict[str, Split] = field(default_factory=dict)
     label_space: str | None = None
     description: str = ""
+    train_has_phrases: bool = False
 
     def __post_init__(self) -> None:
         self.label_names = tuple(self.label_names)
