@@ -51,6 +51,27 @@ class ConfigError(NeuronLensError, ValueError):
     """A study config with a missing, unknown or ill-typed field."""
 
 
+_TYPES = {
+    "model": str,
+    "task": str,
+    "data_dir": (str, type(None)),
+    "train_size": int,
+    "validation": str,
+    "eval_split": str,
+    "eval_size": int,
+    "n_tokens": int,
+    "seeds": list,
+    "epochs": (int, float),
+    "lr": (int, float),
+    "head_lr": (int, float),
+    "batch_size": int,
+    "suppression_percents": list,
+    "random_repeats": int,
+    "prune_keep": (int, float),
+    "retrain_steps": int,
+}
+
+
 @dataclass
 class StudyConfig:
     """What a study runs on and with which settings (see the module docstring)."""
@@ -73,58 +94,44 @@ class StudyConfig:
     prune_keep: float = 0.5
     retrain_steps: int = 30
 
+    def __post_init__(self) -> None:
+        """Every field's type and range, also for a config built directly (not from TOML)."""
+        for f in fields(self):
+            value, expected = getattr(self, f.name), _TYPES[f.name]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                raise ConfigError(
+                    f"config field {f.name!r} has {value!r} ({type(value).__name__}); "
+                    f"expected {getattr(expected, '__name__', expected)}"
+                )
+        if self.validation not in VALIDATION:
+            raise ConfigError(
+                f"config field 'validation' must be one of {list(VALIDATION)}, "
+                f"got {self.validation!r}"
+            )
+        if not self.seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in self.seeds
+        ):
+            raise ConfigError("config field 'seeds' must be a non-empty list of integers")
+        if not 0 < self.prune_keep <= 1:
+            raise ConfigError(f"config field 'prune_keep' must be in (0, 1], got {self.prune_keep}")
+        for name in ("train_size", "eval_size", "n_tokens", "batch_size", "random_repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field {name!r} must be at least 1")
+        if not all(
+            isinstance(p, (int, float)) and 0 <= p <= 100 for p in self.suppression_percents
+        ):
+            raise ConfigError("config field 'suppression_percents' must hold numbers within 0..100")
+
     @classmethod
     def from_dict(cls, raw: dict) -> StudyConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
         for name in ("model", "task"):
             if name not in raw:
                 raise ConfigError(f"config field {name!r} is missing (it has no default)")
-        types = {
-            "model": str,
-            "task": str,
-            "data_dir": (str, type(None)),
-            "train_size": int,
-            "validation": str,
-            "eval_split": str,
-            "eval_size": int,
-            "n_tokens": int,
-            "seeds": list,
-            "epochs": (int, float),
-            "lr": (int, float),
-            "head_lr": (int, float),
-            "batch_size": int,
-            "suppression_percents": list,
-            "random_repeats": int,
-            "prune_keep": (int, float),
-            "retrain_steps": int,
-        }
-        for key, value in raw.items():
-            if isinstance(value, bool) or not isinstance(value, types[key]):
-                raise ConfigError(
-                    f"config field {key!r} has {value!r} ({type(value).__name__}); "
-                    f"expected {getattr(types[key], '__name__', types[key])}"
-                )
-        cfg = cls(**raw)
-        if cfg.validation not in VALIDATION:
-            raise ConfigError(
-                f"config field 'validation' must be one of {list(VALIDATION)}, "
-                f"got {cfg.validation!r}"
-            )
-        if not cfg.seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds
-        ):
-            raise ConfigError("config field 'seeds' must be a non-empty list of integers")
-        if not 0 < cfg.prune_keep <= 1:
-            raise ConfigError(f"config field 'prune_keep' must be in (0, 1], got {cfg.prune_keep}")
-        for name in ("train_size", "eval_size", "n_tokens", "batch_size", "random_repeats"):
-            if getattr(cfg, name) < 1:
-                raise ConfigError(f"config field {name!r} must be at least 1")
-        if not all(isinstance(p, (int, float)) and 0 <= p <= 100 for p in cfg.suppression_percents):
-            raise ConfigError("config field 'suppression_percents' must hold numbers within 0..100")
-        return cfg
+        return cls(**raw)  # __post_init__ checks types and ranges
 
     @classmethod
     def from_toml(cls, path: str | Path) -> StudyConfig:
@@ -193,11 +200,16 @@ def study_data(cfg: StudyConfig, task) -> tuple:
         )
     n_val = min(cfg.eval_size, MAX_VAL)
     full = task.load("train", data_dir=cfg.data_dir)
-    val = False
     if how == "sentences":
         full, val = sentence_disjoint_split(full, n_val, seed=0)
     elif how == "split":
         val = task.load("validation", data_dir=cfg.data_dir).subset(n_val, seed=0)
+    elif how == "none":
+        val = False
+    else:  # a field changed after the config was checked
+        raise ConfigError(
+            f"config field 'validation' must be one of {list(VALIDATION)}, got {how!r}"
+        )
     return full.subset(cfg.train_size, seed=0), val, how
 
 

@@ -140,6 +140,13 @@ def test_study_validation_choice():
         cfg.validation = choice
         _, val, how = study_data(cfg, _phrase_task(True))
         assert how == choice and (val is False) == (expect is False)
+    cfg.validation = "heldout"  # changed after the checks in StudyConfig
+    with pytest.raises(ConfigError, match="validation"):
+        study_data(cfg, _phrase_task(True))
+    with pytest.raises(ConfigError, match="validation"):  # a config built directly is checked
+        StudyConfig(model="tiny:bert", task="phrase_words", validation="heldout")
+    with pytest.raises(ConfigError, match="prune_keep"):
+        StudyConfig(model="tiny:bert", task="phrase_words", prune_keep=2.0)
     cfg = StudyConfig(model="tiny:bert", task="cli_words", validation="auto")
     assert study_data(cfg, get_task("cli_words"))[1:] == (False, "none")  # no validation split
     cfg.validation = "split"
