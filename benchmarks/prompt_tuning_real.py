@@ -85,6 +85,7 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
             schedule=args.schedule,
             warmup_steps=args.warmup,
             eval_every=args.eval_every,
+            ema_decay=args.ema,
             **kwargs,
         )
         wall = time.perf_counter() - t0
@@ -129,6 +130,12 @@ def main() -> None:
         default="from-probe",
         help="MiniLM: train the prompt and a head started from the linear probe, "
         "the prompt against the frozen probe, or the prompt and a fresh head",
+    )
+    ap.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        help="validate and keep a moving average of the prompt and head (decay, e.g. 0.998)",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--schedule", choices=["constant", "linear"], default="constant")

@@ -205,6 +205,39 @@ def test_learning_rate_schedules():
         tune_prompt(_model("bert"), task, **kw, warmup_steps=-1)
 
 
+def test_moving_average_matches_a_step_by_step_reference():
+    """ema_decay: the returned prompt and head are the moving average of the trained weights,
+    recomputed here from the weights after each step (constant lr: a run of t steps is the
+    first t steps of a longer one)."""
+    task, decay, n = word_task(), 0.5, 5
+    kw = dict(
+        head="linear", n_tokens=3, lr=0.05, head_lr=0.05, validation=False, progress=False, seed=2
+    )
+    model = _model("bert")
+    init = tune_prompt(model, task, max_steps=1, **{**kw, "lr": 0.0, "head_lr": 0.0})
+    avg_p = init.prompt.double()
+    avg_w = init.head.linear.weight.double()
+    for t in range(1, n + 1):
+        step = tune_prompt(model, task, max_steps=t, **kw)
+        d = min(decay, (1 + t) / (10 + t))
+        avg_p = d * avg_p + (1 - d) * step.prompt.double()
+        avg_w = d * avg_w + (1 - d) * step.head.linear.weight.double()
+    res = tune_prompt(model, task, max_steps=n, ema_decay=decay, **kw)
+    torch.testing.assert_close(res.prompt.double(), avg_p, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.head.linear.weight.double(), avg_w, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(res.prompt, step.prompt)  # the average, not the last weights
+    # with validation, the kept state is the validated average
+    val = tune_prompt(
+        model, task, max_steps=20, eval_every=5, ema_decay=0.9, **{**kw, "validation": None}
+    )
+    assert evaluate(model, val, task.load("validation"), task=task).accuracy == pytest.approx(
+        val.val_accuracy
+    )
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(NeuronLensError, match="ema_decay"):
+            tune_prompt(model, task, max_steps=1, ema_decay=bad, **kw)
+
+
 def test_same_seed_same_prompt_bit_for_bit():
     task = word_task()
     runs = [

@@ -13,6 +13,7 @@ is kept), and a progress bar.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Sequence
@@ -290,6 +291,7 @@ def tune_prompt(
     weight_decay: float = 1e-5,
     schedule: str = "constant",
     warmup_steps: int = 0,
+    ema_decay: float | None = None,
     eval_every: int | None = None,
     patience: int = 3,
     seed: int = 0,
@@ -325,6 +327,10 @@ def tune_prompt(
         lr, head_lr: AdamW learning rates of the prompt and of a linear head.
         schedule, warmup_steps: ``"constant"`` learning rates, or ``"linear"``: decay to 0 over
             the training steps; either after a linear warm-up of ``warmup_steps``.
+        ema_decay: ``None`` validates and returns the trained weights themselves; a decay in
+            (0, 1), e.g. 0.998, keeps an exponential moving average of the prompt and the
+            trained head parameters (Polyak averaging, decay ``min(ema_decay, (1 + t) /
+            (10 + t))`` at step ``t``) and validates and returns the average instead.
         eval_every: steps between validations (default: 4 times per epoch); early stopping
             after ``patience`` validations without improvement; the best prompt is returned.
         seed: initialisation and batch order (same seed, same prompt, bit for bit).
@@ -356,6 +362,14 @@ def tune_prompt(
         raise NeuronLensError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
     if warmup_steps < 0:
         raise NeuronLensError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise NeuronLensError(f"ema_decay must be None or in (0, 1), got {ema_decay}")
+    # what is validated and returned: the trained weights, or their moving average
+    avg_prompt, avg_head = (
+        (prompt, hd) if ema_decay is None else (prompt.detach().clone(), copy.deepcopy(hd))
+    )
+    trained = [prompt, *hd.parameters()]
+    averaged = [avg_prompt, *avg_head.parameters()]
 
     enc_train = encode_task(model, hd, task, train, max_length=max_length)
     labels = torch.tensor(train.labels, device=model.device)
@@ -372,7 +386,7 @@ def tune_prompt(
     )
 
     def val_accuracy() -> float:
-        logits = class_logits(model, hd, prompt.detach(), enc_val)
+        logits = class_logits(model, avg_head, avg_prompt.detach(), enc_val)
         return float((logits.argmax(-1).cpu() == torch.tensor(validation.labels)).float().mean())
 
     best_acc, best_state, bad, history, losses = -1.0, None, 0, [], []
@@ -400,6 +414,10 @@ def tune_prompt(
             loss.backward()
             opt.step()
             sched.step()
+            if ema_decay is not None:
+                with torch.no_grad():
+                    weight = 1 - min(ema_decay, (1 + step) / (10 + step))
+                    torch._foreach_lerp_(averaged, trained, weight)
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -415,8 +433,8 @@ def tune_prompt(
                 if acc > best_acc:
                     best_acc, bad = acc, 0
                     best_state = (
-                        prompt.detach().clone(),
-                        {k: v.clone() for k, v in hd.state_dict().items()},
+                        avg_prompt.detach().clone(),
+                        {k: v.clone() for k, v in avg_head.state_dict().items()},
                     )
                 else:
                     bad += 1
@@ -424,11 +442,13 @@ def tune_prompt(
                         break
     finally:
         bar.close()
-    if best_state is not None:
+    # the best validated state; without validation the final average (or weights as they are)
+    keep = best_state or (None if ema_decay is None else (avg_prompt, avg_head.state_dict()))
+    if keep is not None:
         with torch.no_grad():
-            prompt.copy_(best_state[0])
-        hd.load_state_dict(best_state[1])
-    elif not history:
+            prompt.copy_(keep[0])
+        hd.load_state_dict(keep[1])
+    if not history:
         history.append(
             {
                 "step": total,
