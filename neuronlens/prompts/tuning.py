@@ -417,7 +417,8 @@ def tune_prompt(
             if ema_decay is not None:
                 with torch.no_grad():
                     weight = 1 - min(ema_decay, (1 + step) / (10 + step))
-                    torch._foreach_lerp_(averaged, trained, weight)
+                    for avg, now in zip(averaged, trained, strict=True):
+                        avg.lerp_(now, weight)
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
