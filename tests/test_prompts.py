@@ -233,7 +233,7 @@ def test_moving_average_matches_a_step_by_step_reference():
     assert evaluate(model, val, task.load("validation"), task=task).accuracy == pytest.approx(
         val.val_accuracy
     )
-    for bad in (0.0, 1.0, 1.5):
+    for bad in (0.0, 1.0, 1.5, float("nan"), "0.9", True):
         with pytest.raises(NeuronLensError, match="ema_decay"):
             tune_prompt(model, task, max_steps=1, ema_decay=bad, **kw)
 

@@ -362,8 +362,14 @@ def tune_prompt(
         raise NeuronLensError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
     if warmup_steps < 0:
         raise NeuronLensError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if ema_decay is not None and not 0 < ema_decay < 1:
-        raise NeuronLensError(f"ema_decay must be None or in (0, 1), got {ema_decay}")
+    if ema_decay is not None and (
+        isinstance(ema_decay, bool)
+        or not isinstance(ema_decay, (int, float))
+        or not 0 < ema_decay < 1
+    ):
+        raise NeuronLensError(
+            f"ema_decay must be None or a number in (0, 1), e.g. 0.998; got {ema_decay!r}"
+        )
     # what is validated and returned: the trained weights, or their moving average
     avg_prompt, avg_head = (
         (prompt, hd) if ema_decay is None else (prompt.detach().clone(), copy.deepcopy(hd))
