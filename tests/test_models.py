@@ -241,3 +241,82 @@ def test_missing_directory_is_a_clear_error(tmp_path):
         nl.load_model(tmp_path / "nope")
     with pytest.raises(NeuronLensError, match="config.json"):
         nl.load_model(tmp_path)
+
+
+def _tiny(family: str):
+    return nl.load_model(tiny_hf_model(family, seed=4), tiny_tokenizer(), name=f"tiny-{family}")
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
+def test_keep_positions_leave_the_input_where_it_was(family):
+    """Reference: the raw HF model without a prompt (its own position ids from input_ids).
+    With the prompt masked out of attention, "keep" gives the input exactly those states;
+    "shift" (the input moved p positions on) does not."""
+    from neuronlens.prompts import init_prompt
+
+    model = _tiny(family)
+    enc = model.encode(random_texts(4, seed=3))
+    prompt = init_prompt(model, 3, seed=0)
+    base, real = model.hf_model.base_model, enc.attention_mask.bool()
+    kw = {} if enc.token_type_ids is None else {"token_type_ids": enc.token_type_ids}
+    with torch.no_grad():
+        plain = base(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **kw)
+        plain = plain.last_hidden_state
+        for mode, same in (("shift", False), ("keep", True)):
+            model.prompt_positions = mode
+            emb, mask, types = model.embed(enc, prompt)
+            blind = mask.clone()
+            blind[:, :3] = 0  # nothing attends to the prompt
+            out = base(
+                inputs_embeds=emb,
+                attention_mask=blind,
+                **model._embedding_kwargs(enc, mask, types),
+            ).last_hidden_state[:, 3:]
+            assert torch.allclose(out[real], plain[real], atol=1e-5) is same, mode
+
+
+def test_keep_positions_match_the_prompt_moved_behind_the_input():
+    """Reference: BERT attends both ways, so with positions kept the order of the sequence does
+    not matter: the prompt appended after the input (same position ids, built by hand from the
+    raw embeddings) gives the same states. The bridge forward's logits (the masked-LM path)
+    agree with the hidden states through the LM head."""
+    from neuronlens.prompts import init_prompt
+
+    model = _tiny("bert")
+    model.prompt_positions = "keep"
+    enc = model.encode(["w1 w2 w3 w4", "w5 w6 w7 w8"])  # same length: no padding
+    p, length = 4, enc.input_ids.shape[1]
+    prompt = init_prompt(model, p, seed=1)
+    with torch.no_grad():
+        hidden, _ = model.hidden_states(enc, prompt=prompt)
+        words = model.input_embeddings(enc.input_ids)
+        moved = torch.cat([words, prompt.expand(2, -1, -1)], 1)
+        positions = torch.cat([torch.arange(length), torch.arange(p)]).expand(2, -1)
+        ref = model.hf_model.base_model(
+            inputs_embeds=moved,
+            position_ids=positions,
+            attention_mask=torch.ones(2, length + p, dtype=torch.long),
+            token_type_ids=torch.zeros(2, length + p, dtype=torch.long),
+        ).last_hidden_state
+        torch.testing.assert_close(hidden[:, p:], ref[:, :length], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden[:, :p], ref[:, length:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(enc, prompt=prompt), model.lm_logits(hidden), atol=1e-4, rtol=1e-4
+        )
+        model.prompt_positions = "shift"
+        shifted, _ = model.hidden_states(enc, prompt=prompt)
+        assert not torch.allclose(shifted, hidden, atol=1e-3)
+        # without a prompt the setting changes nothing
+        torch.testing.assert_close(
+            model.hidden_states(enc)[0], model.hf_model.base_model(**_raw_inputs(enc))[0]
+        )
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_keep_positions_need_absolute_position_embeddings(family):
+    model = _tiny(family)
+    with pytest.raises(NeuronLensError, match="absolute position embeddings"):
+        model.prompt_positions = "keep"
+    assert model.prompt_positions == "shift"
+    with pytest.raises(NeuronLensError, match="must be one of"):
+        _tiny("bert").prompt_positions = "kept"
