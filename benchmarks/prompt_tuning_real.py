@@ -10,7 +10,7 @@ verbalizer " negative" / " positive").
     NEURONLENS_DATA_DIR=../shared/data python benchmarks/prompt_tuning_real.py \
         [--models minilm smollm2] [--train 4000] [--epochs 2] [--seeds 0 1] [--out prompts/]
         [--min-words 8] [--minilm-head from-probe|probe|joint] [--val 400]
-        [--val-from sentences|heldout] [--ema 0.998] [--prompt-positions shift|keep]
+        [--val-from sentences|heldout] [--ema 0.998]
 
 Validation (early stopping, the probe's weight decay) is by default 400 whole training
 sentences that are kept out of training with all their phrases (`sentence_disjoint_split`):
@@ -39,8 +39,6 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
     model = nl.load_minilm() if name == "minilm" else nl.load_smollm2()
     out: dict = {"model": model.name}
     if name == "minilm":
-        model.prompt_positions = args.prompt_positions
-        out["prompt_positions"] = args.prompt_positions
         t0 = time.perf_counter()
         # L2-regularised logistic regression on the frozen pooled states, solved to the optimum
         # (L-BFGS), weight decay chosen on the validation set: the strongest linear probe
@@ -138,13 +136,6 @@ def main() -> None:
         type=float,
         default=None,
         help="validate and keep a moving average of the prompt and head (decay, e.g. 0.998)",
-    )
-    ap.add_argument(
-        "--prompt-positions",
-        choices=["shift", "keep"],
-        default="shift",
-        help="MiniLM: the input moves behind the prompt in position space, or keeps the "
-        "positions 0..L-1 it was pre-trained with (NeuronModel.prompt_positions)",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--schedule", choices=["constant", "linear"], default="constant")

@@ -24,7 +24,6 @@ Config (TOML; every field optional except ``model`` and ``task``)::
     eval_split = "dev"
     eval_size = 400
     n_tokens = 20
-    prompt_positions = "shift"  # or "keep" (BERT, RoBERTa, GPT-2: see NeuronModel.prompt_positions)
     seeds = [0, 1]
     epochs = 1.0
     suppression_percents = [0, 1, 5, 10]
@@ -41,7 +40,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.models.model import PROMPT_POSITIONS
 
 STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
 VALIDATION = ("auto", "split", "sentences", "none")
@@ -62,7 +60,6 @@ _TYPES = {
     "eval_split": str,
     "eval_size": int,
     "n_tokens": int,
-    "prompt_positions": str,
     "seeds": list,
     "epochs": (int, float),
     "lr": (int, float),
@@ -87,7 +84,6 @@ class StudyConfig:
     eval_split: str = "dev"
     eval_size: int = 400
     n_tokens: int = 20
-    prompt_positions: str = "shift"
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: float = 1.0
     lr: float = 3e-2
@@ -111,11 +107,6 @@ class StudyConfig:
             raise ConfigError(
                 f"config field 'validation' must be one of {list(VALIDATION)}, "
                 f"got {self.validation!r}"
-            )
-        if self.prompt_positions not in PROMPT_POSITIONS:
-            raise ConfigError(
-                f"config field 'prompt_positions' must be one of {list(PROMPT_POSITIONS)}, "
-                f"got {self.prompt_positions!r}"
             )
         if not self.seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in self.seeds
@@ -241,7 +232,6 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model = load_study_model(cfg.model)
-    model.prompt_positions = cfg.prompt_positions
     task = get_task(cfg.task)
     train, val, val_from = study_data(cfg, task)
     evald = task.load(cfg.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)

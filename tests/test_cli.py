@@ -84,7 +84,6 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
         (CONFIG.replace("prune_keep = 0.5", "prune_keep = 1.5"), "prune_keep"),
         (CONFIG.replace("n_tokens = 3", "n_tokens = 0"), "n_tokens"),
         (CONFIG + '\nvalidation = "heldout"', "validation"),
-        (CONFIG + '\nprompt_positions = "moved"', "prompt_positions"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, capsys, text, field):
@@ -94,13 +93,6 @@ def test_bad_config_names_the_field(tmp_path, capsys, text, field):
         StudyConfig.from_toml(cfg)
     assert main(["study", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert field in capsys.readouterr().err
-
-
-def test_keep_positions_on_a_rotary_model_stop_the_study(tmp_path, capsys):
-    cfg = tmp_path / "llama.toml"
-    cfg.write_text(CONFIG.replace("tiny:bert", "tiny:llama") + '\nprompt_positions = "keep"')
-    assert main(["study", str(cfg), "--out", str(tmp_path / "o")]) == 2
-    assert "absolute position embeddings" in capsys.readouterr().err
 
 
 def test_shipped_real_config_is_valid():

@@ -230,20 +230,6 @@ def test_save_load_round_trip(family, tmp_path):
     torch.testing.assert_close(_logits(back, batch), _logits(pruned, batch), atol=ATOL, rtol=0)
 
 
-def test_pruned_models_keep_the_prompt_positions(tiny_bert, tmp_path):
-    """A prompt tuned with prompt_positions="keep" still runs on the pruned model, also after
-    saving and loading it (and gives the same logits there as on a pruned model in memory)."""
-    from neuronlens.prompts import init_prompt
-
-    tiny_bert.prompt_positions = "keep"
-    pruned = prune_model(tiny_bert, _random_keep(tiny_bert, 0.5, seed=3))
-    back = load_pruned(save_pruned(pruned, tmp_path / "keep"))
-    assert pruned.prompt_positions == back.prompt_positions == "keep"
-    batch, prompt = _batch(tiny_bert), init_prompt(tiny_bert, 3, seed=0)
-    with torch.no_grad():
-        torch.testing.assert_close(back(batch, prompt=prompt), pruned(batch, prompt=prompt))
-
-
 def test_save_unpruned_model(tiny_bert, tmp_path):
     back = load_pruned(save_pruned(tiny_bert, tmp_path / "full"), name="again")
     assert back.name == "again" and back.pruning.kept_ratio == 1.0

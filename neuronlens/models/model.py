@@ -19,8 +19,6 @@ from neuronlens.errors import (
 from neuronlens.models.families import Family, ModelKind
 from neuronlens.models.sites import Site, SiteSpec, resolve_site, resolve_sites
 
-PROMPT_POSITIONS = ("shift", "keep")
-
 
 @dataclass
 class Encoded:
@@ -77,9 +75,7 @@ class NeuronModel:
     * ``family``: the :class:`~neuronlens.models.families.Family` table entry;
     * ``kind``: how the model can answer (:class:`ModelKind`); a masked LM whose head
       weights were missing is ``ModelKind.ENCODER``;
-    * ``sites``: one :class:`Site` per FFN, widths read from module shapes;
-    * ``prompt_positions``: where a soft prompt sits in position space (see
-      :attr:`prompt_positions`).
+    * ``sites``: one :class:`Site` per FFN, widths read from module shapes.
     """
 
     def __init__(
@@ -101,66 +97,7 @@ class NeuronModel:
         self.gated = gated
         self.stacks = tuple(stacks)
         self.kind = family.kind if has_lm_head else ModelKind.ENCODER
-        self._prompt_positions = "shift"
         self._check_tokenizer()
-
-    @property
-    def prompt_positions(self) -> str:
-        """How a prepended soft prompt meets the position embeddings.
-
-        ``"shift"`` (default): the prompt takes positions ``0..p-1`` and the input moves to
-        ``p..p+L-1``, as if the prompt were ordinary tokens. ``"keep"``: the input keeps the
-        positions ``0..L-1`` it had in pre-training and the prompt also gets ``0..p-1`` (the
-        learned prompt vectors absorb any fixed offset), so the prompt does not have to undo a
-        shift. ``"keep"`` needs learned absolute position embeddings (BERT, RoBERTa, GPT-2);
-        prompts remember the setting they were tuned with.
-        """
-        return self._prompt_positions
-
-    @prompt_positions.setter
-    def prompt_positions(self, mode: str) -> None:
-        if mode not in PROMPT_POSITIONS:
-            raise NeuronLensError(
-                f"prompt_positions must be one of {PROMPT_POSITIONS}, got {mode!r}"
-            )
-        if mode == "keep" and self._position_offset() is None:
-            raise NeuronLensError(
-                f"prompt_positions='keep' needs learned absolute position embeddings "
-                f"(BERT, RoBERTa, GPT-2); {self.name} ({self.family.name}) has none"
-            )
-        self._prompt_positions = mode
-
-    def _position_offset(self) -> int | None:
-        """First position id of a sequence (RoBERTa counts from padding_idx + 1), or None
-        when the model has no learned absolute position embeddings."""
-        if self.family.kind is ModelKind.ENCODER_DECODER:
-            return None
-        base = self.hf_model.base_model
-        emb = getattr(base, "embeddings", None)
-        table = getattr(emb, "position_embeddings", None)
-        if table is not None and isinstance(_unwrap(table), torch.nn.Embedding):
-            if getattr(base.config, "position_embedding_type", "absolute") != "absolute":
-                return None
-            return getattr(_unwrap(emb), "padding_idx", -1) + 1
-        wpe = getattr(base, "wpe", None)
-        return 0 if wpe is not None and isinstance(_unwrap(wpe), torch.nn.Embedding) else None
-
-    def _embedding_kwargs(self, batch: Encoded, mask: Tensor, types: Tensor | None) -> dict:
-        """Token types and (``prompt_positions="keep"``) position ids for a forward."""
-        kwargs = {} if types is None else {"token_type_ids": types}
-        length = batch.input_ids.shape[1]
-        pos = self.position_ids(len(batch), mask.shape[1] - length, length)
-        if pos is not None:
-            kwargs["position_ids"] = pos
-        return kwargs
-
-    def position_ids(self, batch_size: int, n_prompt: int, length: int) -> Tensor | None:
-        """``[B, p + L]`` position ids for ``prompt_positions="keep"``; None means the
-        model's own (consecutive) positions."""
-        if n_prompt == 0 or self._prompt_positions == "shift":
-            return None
-        ids = torch.cat([torch.arange(n_prompt), torch.arange(length)]) + self._position_offset()
-        return ids.to(self.device).unsqueeze(0).expand(batch_size, -1)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -326,7 +263,8 @@ class NeuronModel:
             x, mask, types = self.embed(batch, prompt)
             if embeds_require_grad and not x.requires_grad:
                 x = x.detach().requires_grad_(True)
-        kwargs.update(self._embedding_kwargs(batch, mask, types))
+        if types is not None:
+            kwargs["token_type_ids"] = types
         return self.bridge(x, attention_mask=mask, return_type="logits", **kwargs)
 
     __call__ = forward
@@ -350,7 +288,8 @@ class NeuronModel:
         if embeds_require_grad:
             emb = emb.detach().requires_grad_(True)
         kwargs = {"inputs_embeds": emb, "attention_mask": mask}
-        kwargs.update(self._embedding_kwargs(batch, mask, types))
+        if types is not None:
+            kwargs["token_type_ids"] = types
         base = self.hf_model.base_model
         if self.family.kind is ModelKind.ENCODER_DECODER:
             base = self.hf_model.get_encoder()

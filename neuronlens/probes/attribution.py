@@ -102,7 +102,6 @@ def attribute(
         raise NeuronLensError(f"n must be at least 1, got {n}")
     subset = data if n is None or n >= len(data) else data.subset(n, seed=seed)
     chosen = model.select_sites(sites)
-    tuned.check_model(model)
     meta = {
         "n_examples": len(subset),
         "seed": seed,

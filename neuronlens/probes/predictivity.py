@@ -142,7 +142,6 @@ def predictivity(
             raise ShapeMismatchError(
                 f"prompt {k} has width {pr.d_model}, the model {model.d_model}"
             )
-        pr.check_model(model)
         p = pr.n_tokens
 
         def fwd(enc, prompt, grads, head=pr.head):

@@ -50,8 +50,7 @@ class PromptResult:
     """A tuned soft prompt with its head and what it was tuned on.
 
     ``head`` is a :class:`Verbalizer` or :class:`LinearHead`; ``history`` holds one entry per
-    validation: ``{"step", "train_loss", "val_accuracy"}``; ``prompt_positions`` is the
-    model's :attr:`~neuronlens.models.NeuronModel.prompt_positions` at tuning time.
+    validation: ``{"step", "train_loss", "val_accuracy"}``.
     """
 
     prompt: Tensor
@@ -65,7 +64,6 @@ class PromptResult:
     val_accuracy: float | None = None
     history: list[dict] = field(default_factory=list)
     train_size: int = 0
-    prompt_positions: str = "shift"
 
     @property
     def n_tokens(self) -> int:
@@ -74,15 +72,6 @@ class PromptResult:
     @property
     def d_model(self) -> int:
         return int(self.prompt.shape[1])
-
-    def check_model(self, model: NeuronModel) -> None:
-        """Error unless ``model`` places soft prompts the way this prompt was tuned."""
-        if self.n_tokens and self.prompt_positions != model.prompt_positions:
-            raise NeuronLensError(
-                f"this prompt was tuned with prompt_positions={self.prompt_positions!r}, but "
-                f"{model.name} has prompt_positions={model.prompt_positions!r}: set "
-                f"model.prompt_positions = {self.prompt_positions!r} first"
-            )
 
     def metadata(self) -> dict:
         return {
@@ -99,7 +88,6 @@ class PromptResult:
             "seed": self.seed,
             "val_accuracy": self.val_accuracy,
             "train_size": self.train_size,
-            "prompt_positions": self.prompt_positions,
             "history": self.history,
         }
 
@@ -134,7 +122,7 @@ class PromptResult:
                 head.linear.bias.copy_(tensors["head.bias"])
         else:
             head = Verbalizer(model, meta["verbalizer"])
-        result = cls(
+        return cls(
             prompt=tensors["prompt"].to(model.device, model.dtype),
             head=head.to(model.device),
             task=meta["task"],
@@ -146,10 +134,7 @@ class PromptResult:
             val_accuracy=meta["val_accuracy"],
             history=meta["history"],
             train_size=meta.get("train_size", 0),
-            prompt_positions=meta.get("prompt_positions", "shift"),
         )
-        result.check_model(model)
-        return result
 
 
 # ---------------------------------------------------------------------------- running
@@ -241,7 +226,6 @@ def evaluate(
                 f"a prompt for {tuned.task!r} (label space {tuned.label_space!r}) cannot be "
                 f"evaluated on {task.name!r} (label space {task.label_space!r})"
             )
-        tuned.check_model(model)
         head = tuned.head
     if head is None:
         raise NeuronLensError(
@@ -317,9 +301,6 @@ def tune_prompt(
     progress: bool | None = None,
 ) -> PromptResult:
     """Tune a soft prompt (and a linear head) for ``task`` on a frozen ``model``.
-
-    The prompt is prepended where ``model.prompt_positions`` puts it in position space
-    (``"shift"`` or ``"keep"``); the result records that setting.
 
     Args:
         task: a :class:`~neuronlens.tasks.Task` (or a registered task name).
@@ -495,7 +476,6 @@ def tune_prompt(
         val_accuracy=None if best_state is None else best_acc,
         history=history,
         train_size=len(train),
-        prompt_positions=model.prompt_positions,
     )
 
 

@@ -265,7 +265,6 @@ def prune_model(
             has_lm_head=model.has_lm_head,
         )
     pruned.pruning = record
-    pruned.prompt_positions = model.prompt_positions  # the prompts tuned on it still fit
     return pruned
 
 
@@ -556,7 +555,6 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
         "name": model.name,
         "family": model.family.name,
         "has_lm_head": model.has_lm_head,
-        "prompt_positions": model.prompt_positions,
         "dtype": str(model.dtype).removeprefix("torch."),
         "sites": [[s.stack, s.layer, s.width] for s in sites],
         "record": record.to_dict(),
@@ -656,7 +654,6 @@ def load_pruned(
     if got != widths:
         raise ShapeMismatchError(f"{root}: loaded site widths {got} differ from saved {widths}")
     model.pruning = record
-    model.prompt_positions = meta.get("prompt_positions", "shift")
     return model
 
 
