@@ -10,7 +10,7 @@ verbalizer " negative" / " positive").
     NEURONLENS_DATA_DIR=../shared/data python benchmarks/prompt_tuning_real.py \
         [--models minilm smollm2] [--train 4000] [--epochs 2] [--seeds 0 1] [--out prompts/]
         [--min-words 8] [--minilm-head from-probe|probe|joint] [--val 400]
-        [--val-from sentences|heldout] [--ema 0.998]
+        [--val-from sentences|heldout] [--ema 0.998] [--batch-size 16]
 
 Validation (early stopping, the probe's weight decay) is by default 400 whole training
 sentences that are kept out of training with all their phrases (`sentence_disjoint_split`):
@@ -61,7 +61,11 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
         }[args.minilm_head]
         out["head"] = args.minilm_head
         kwargs = dict(
-            head=head, epochs=args.epochs, batch_size=16, lr=args.lr, head_lr=args.head_lr
+            head=head,
+            epochs=args.epochs,
+            batch_size=args.batch_size or 16,
+            lr=args.lr,
+            head_lr=args.head_lr,
         )
     else:
         zs = Verbalizer(model, task.verbalizer)
@@ -70,7 +74,13 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
             "glue_dev": evaluate(model, None, dev, head=zs).accuracy,
             "adv_sst2": evaluate(model, None, adv, head=zs).accuracy,
         }
-        kwargs = dict(head="verbalizer", epochs=args.smollm2_epochs, batch_size=8, lr=args.lr)
+        kwargs = dict(
+            head="verbalizer",
+            epochs=args.smollm2_epochs,
+            batch_size=args.batch_size or 8,
+            lr=args.lr,
+        )
+    out["batch_size"] = kwargs["batch_size"]
     results = []
     for seed in args.seeds:
         t0 = time.perf_counter()
@@ -123,6 +133,9 @@ def main() -> None:
     ap.add_argument("--n-tokens", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-2, help="prompt learning rate (AdamW)")
     ap.add_argument("--head-lr", type=float, default=1e-2, help="linear-head learning rate")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="training batch (MiniLM 16, SmolLM2 8)"
+    )
     ap.add_argument("--smollm2-epochs", type=float, default=0.5)
     ap.add_argument(
         "--minilm-head",
