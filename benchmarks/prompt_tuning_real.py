@@ -174,6 +174,8 @@ def main() -> None:
         help="train / validate only on examples of at least this many words",
     )
     args = ap.parse_args()
+    if args.batch_size is not None and args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
     torch.manual_seed(0)
     task = get_task("sst2")
     train, val = task.load("train"), task.load("validation")
