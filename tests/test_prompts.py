@@ -335,6 +335,20 @@ def test_bad_inputs():
         tune_prompt(model, task, init=torch.zeros(3, 7), max_steps=1, progress=False)
     with pytest.raises(NeuronLensError, match="unknown head"):
         tune_prompt(model, task, head="mlp", max_steps=1, progress=False)
+    # training-length settings that divided by zero, trained nothing or climbed the loss
+    for bad, match in [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=-1), "batch_size"),
+        (dict(max_steps=0), "max_steps"),
+        (dict(max_steps=None, epochs=0), "epochs"),
+        (dict(max_steps=None, epochs=float("nan")), "epochs"),
+        (dict(eval_every=-2), "eval_every"),
+        (dict(patience=0), "patience"),
+        (dict(lr=-1.0), "lr"),
+        (dict(head="linear", head_lr=-1e-3), "head_lr"),
+    ]:
+        with pytest.raises(NeuronLensError, match=match):
+            tune_prompt(model, task, n_tokens=3, **{"max_steps": 3, **bad}, progress=False)
 
 
 # ---------------------------------------------------------------------------- linear probe

@@ -274,6 +274,25 @@ def training_splits(task, train, validation, data_dir, val_limit):
     return task, train, validation
 
 
+def _check_training_length(batch_size, epochs, max_steps, eval_every, patience, lr, head_lr):
+    """Reject settings that would divide by zero, train nothing, or climb the loss."""
+    if batch_size < 1:
+        raise NeuronLensError(f"batch_size must be >= 1, got {batch_size}")
+    if max_steps is not None and max_steps < 1:
+        raise NeuronLensError(f"max_steps must be >= 1 (or None: use epochs), got {max_steps}")
+    if max_steps is None and not epochs > 0:
+        raise NeuronLensError(f"epochs must be > 0 (or give max_steps), got {epochs}")
+    if eval_every is not None and eval_every < 1:
+        raise NeuronLensError(
+            f"eval_every must be >= 1 steps (or None: 4 times per epoch), got {eval_every}"
+        )
+    if patience < 1:
+        raise NeuronLensError(f"patience must be >= 1 validation, got {patience}")
+    for name, value in (("lr", lr), ("head_lr", head_lr)):
+        if not value >= 0:
+            raise NeuronLensError(f"{name} must be >= 0 (a learning rate), got {value}")
+
+
 def tune_prompt(
     model: NeuronModel,
     task,
@@ -335,6 +354,7 @@ def tune_prompt(
             after ``patience`` validations without improvement; the best prompt is returned.
         seed: initialisation and batch order (same seed, same prompt, bit for bit).
     """
+    _check_training_length(batch_size, epochs, max_steps, eval_every, patience, lr, head_lr)
     task, train, validation = training_splits(task, train, validation, data_dir, val_limit)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
