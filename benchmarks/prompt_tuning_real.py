@@ -92,6 +92,7 @@ def run_model(name: str, args, task, train, val, dev, adv) -> dict:
             n_tokens=args.n_tokens,
             seed=seed,
             patience=args.patience,
+            min_steps=args.min_steps,
             schedule=args.schedule,
             warmup_steps=args.warmup,
             eval_every=args.eval_every,
@@ -157,6 +158,9 @@ def main() -> None:
         "--patience", type=int, default=3, help="validations without improvement before stopping"
     )
     ap.add_argument(
+        "--min-steps", type=int, default=0, help="no early stop before this training step"
+    )
+    ap.add_argument(
         "--eval-every", type=int, default=None, help="steps between validations (4 per epoch)"
     )
     ap.add_argument(
@@ -176,6 +180,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.batch_size is not None and args.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.min_steps < 0:
+        ap.error(f"--min-steps must be >= 0, got {args.min_steps}")
     torch.manual_seed(0)
     task = get_task("sst2")
     train, val = task.load("train"), task.load("validation")

@@ -344,11 +344,25 @@ def test_bad_inputs():
         (dict(max_steps=None, epochs=float("nan")), "epochs"),
         (dict(eval_every=-2), "eval_every"),
         (dict(patience=0), "patience"),
+        (dict(min_steps=-1), "min_steps"),
         (dict(lr=-1.0), "lr"),
         (dict(head="linear", head_lr=-1e-3), "head_lr"),
     ]:
         with pytest.raises(NeuronLensError, match=match):
             tune_prompt(model, task, n_tokens=3, **{"max_steps": 3, **bad}, progress=False)
+
+
+def test_min_steps_holds_off_early_stopping():
+    """With nothing learning (lr 0) every validation after the first is no better."""
+    model = _model("bert")
+    task = word_task(n=64)
+    kw = dict(head="linear", n_tokens=2, max_steps=12, eval_every=2, lr=0.0, head_lr=0.0)
+    kw.update(batch_size=8, patience=1, progress=False)
+    steps = [h["step"] for h in tune_prompt(model, task, **kw).history]
+    assert steps == [2, 4]  # stopped at the first validation without a new best
+    res = tune_prompt(model, task, min_steps=7, **kw)
+    assert [h["step"] for h in res.history] == [2, 4, 6, 8]  # first stop allowed at step >= 7
+    assert res.val_accuracy == res.history[0]["val_accuracy"]  # the best (first) one kept
 
 
 # ---------------------------------------------------------------------------- linear probe

@@ -274,7 +274,9 @@ def training_splits(task, train, validation, data_dir, val_limit):
     return task, train, validation
 
 
-def _check_training_length(batch_size, epochs, max_steps, eval_every, patience, lr, head_lr):
+def _check_training_length(
+    batch_size, epochs, max_steps, eval_every, patience, min_steps, lr, head_lr
+):
     """Reject settings that would divide by zero, train nothing, or climb the loss."""
     if batch_size < 1:
         raise NeuronLensError(f"batch_size must be >= 1, got {batch_size}")
@@ -288,6 +290,8 @@ def _check_training_length(batch_size, epochs, max_steps, eval_every, patience, 
         )
     if patience < 1:
         raise NeuronLensError(f"patience must be >= 1 validation, got {patience}")
+    if min_steps < 0:
+        raise NeuronLensError(f"min_steps must be >= 0, got {min_steps}")
     for name, value in (("lr", lr), ("head_lr", head_lr)):
         if not value >= 0:
             raise NeuronLensError(f"{name} must be >= 0 (a learning rate), got {value}")
@@ -313,6 +317,7 @@ def tune_prompt(
     ema_decay: float | None = None,
     eval_every: int | None = None,
     patience: int = 3,
+    min_steps: int = 0,
     seed: int = 0,
     max_length: int | None = 128,
     data_dir=None,
@@ -352,9 +357,14 @@ def tune_prompt(
             (10 + t))`` at step ``t``) and validates and returns the average instead.
         eval_every: steps between validations (default: 4 times per epoch); early stopping
             after ``patience`` validations without improvement; the best prompt is returned.
+        min_steps: no early stop before this step; validations up to it still pick the best
+            prompt. On a small validation set whose score jumps while the learning rate is
+            high, an early lucky best can otherwise end training before the decay.
         seed: initialisation and batch order (same seed, same prompt, bit for bit).
     """
-    _check_training_length(batch_size, epochs, max_steps, eval_every, patience, lr, head_lr)
+    _check_training_length(
+        batch_size, epochs, max_steps, eval_every, patience, min_steps, lr, head_lr
+    )
     task, train, validation = training_splits(task, train, validation, data_dir, val_limit)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -465,7 +475,7 @@ def tune_prompt(
                     )
                 else:
                     bad += 1
-                    if bad >= patience:
+                    if bad >= patience and step >= min_steps:
                         break
     finally:
         bar.close()
