@@ -274,10 +274,22 @@ def training_splits(task, train, validation, data_dir, val_limit):
     return task, train, validation
 
 
-def _check_training_length(
-    batch_size, epochs, max_steps, eval_every, patience, min_steps, lr, head_lr
+def _check_training_settings(
+    *,
+    batch_size,
+    epochs,
+    max_steps,
+    eval_every,
+    patience,
+    min_steps,
+    lr,
+    head_lr,
+    schedule,
+    warmup_steps,
+    ema_decay,
 ):
-    """Reject settings that would divide by zero, train nothing, or climb the loss."""
+    """Reject settings that would divide by zero, train nothing, climb the loss, or that
+    name no schedule or moving average (before any data is loaded)."""
     if batch_size < 1:
         raise NeuronLensError(f"batch_size must be >= 1, got {batch_size}")
     if max_steps is not None and max_steps < 1:
@@ -295,6 +307,18 @@ def _check_training_length(
     for name, value in (("lr", lr), ("head_lr", head_lr)):
         if not value >= 0:
             raise NeuronLensError(f"{name} must be >= 0 (a learning rate), got {value}")
+    if schedule not in ("constant", "linear"):
+        raise NeuronLensError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
+    if warmup_steps < 0:
+        raise NeuronLensError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if ema_decay is not None and (
+        isinstance(ema_decay, bool)
+        or not isinstance(ema_decay, (int, float))
+        or not 0 < ema_decay < 1
+    ):
+        raise NeuronLensError(
+            f"ema_decay must be None or a number in (0, 1), e.g. 0.998; got {ema_decay!r}"
+        )
 
 
 def tune_prompt(
@@ -362,8 +386,18 @@ def tune_prompt(
             high, an early lucky best can otherwise end training before the decay.
         seed: initialisation and batch order (same seed, same prompt, bit for bit).
     """
-    _check_training_length(
-        batch_size, epochs, max_steps, eval_every, patience, min_steps, lr, head_lr
+    _check_training_settings(
+        batch_size=batch_size,
+        epochs=epochs,
+        max_steps=max_steps,
+        eval_every=eval_every,
+        patience=patience,
+        min_steps=min_steps,
+        lr=lr,
+        head_lr=head_lr,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        ema_decay=ema_decay,
     )
     task, train, validation = training_splits(task, train, validation, data_dir, val_limit)
     gen = torch.Generator().manual_seed(seed)
@@ -388,18 +422,6 @@ def tune_prompt(
             "with a verbalizer use n_tokens >= 1"
         )
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    if schedule not in ("constant", "linear"):
-        raise NeuronLensError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
-    if warmup_steps < 0:
-        raise NeuronLensError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if ema_decay is not None and (
-        isinstance(ema_decay, bool)
-        or not isinstance(ema_decay, (int, float))
-        or not 0 < ema_decay < 1
-    ):
-        raise NeuronLensError(
-            f"ema_decay must be None or a number in (0, 1), e.g. 0.998; got {ema_decay!r}"
-        )
     # what is validated and returned: the trained weights, or their moving average
     avg_prompt, avg_head = (
         (prompt, hd) if ema_decay is None else (prompt.detach().clone(), copy.deepcopy(hd))
