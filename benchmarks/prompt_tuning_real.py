@@ -10,7 +10,7 @@ verbalizer " negative" / " positive").
     NEURONLENS_DATA_DIR=../shared/data python benchmarks/prompt_tuning_real.py \
         [--models minilm smollm2] [--train 4000] [--epochs 2] [--seeds 0 1] [--out prompts/]
         [--min-words 8] [--minilm-head from-probe|probe|joint] [--val 400]
-        [--val-from sentences|heldout] [--ema 0.998] [--batch-size 16]
+        [--val-from sentences|heldout] [--ema 0.998] [--batch-size 16] [--min-steps 3000]
 
 Validation (early stopping, the probe's weight decay) is by default 400 whole training
 sentences that are kept out of training with all their phrases (`sentence_disjoint_split`):
