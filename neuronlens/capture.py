@@ -14,11 +14,16 @@ Token positions (``positions=``) are objects:
 * :class:`PromptTokens` - the soft-prompt positions ``0 .. p-1``;
 * :class:`PositionRange` - any fixed range of positions of the full sequence;
 * :class:`MaskToken` - the mask token of each example;
-* :class:`LastToken` - the last non-padding token of each example.
+* :class:`LastToken` - the last non-padding token of each example;
+* :class:`AnswerToken` - where the prompt's head reads the answer (its ``readout``);
+* :class:`PromptAndAnswer` - the soft-prompt positions, plus the answer position when the
+  head reads it outside the prompt;
+* :class:`Pooled` - the mean over the positions another selector picks (one per example).
 
-Positions index the full sequence the model sees (soft prompt first). Sites on a T5
-decoder stack see the decoder sequence (the decoder start token), and always read all
-of its positions.
+Positions index the full sequence the model sees, soft prompt included; where the prompt
+and the answer sit comes from the forward pass itself (:class:`~neuronlens.models.layout.Layout`),
+so a prompt placed after the input needs nothing special. Sites on a T5 decoder stack see
+the decoder sequence (the decoder start token), and always read all of its positions.
 
 For notebooks, :func:`collect_activations` returns small arrays for a handful of texts.
 """
@@ -38,6 +43,8 @@ from neuronlens.errors import (
     NonFiniteActivationError,
     ShapeMismatchError,
 )
+from neuronlens.models.families import ModelKind
+from neuronlens.models.layout import Layout, Placement
 from neuronlens.models.model import Encoded, NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
 
@@ -46,12 +53,24 @@ from neuronlens.models.sites import Site, SiteSpec
 
 @dataclass(frozen=True)
 class PositionContext:
-    """What a position selector may look at for one batch."""
+    """What a position selector may look at for one batch: its :class:`Layout`."""
 
-    input_ids: Tensor  # [B, L] without the soft prompt
-    attention_mask: Tensor  # [B, p + L] with the soft prompt
-    n_prompt: int
-    mask_token_id: int | None
+    layout: Layout
+    mask_token_id: int | None = None
+
+    @property
+    def input_ids(self) -> Tensor:
+        """``[B, L]`` without the soft prompt."""
+        return self.layout.input_ids
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """``[B, T]`` of the full sequence, soft prompt included."""
+        return self.layout.attention_mask
+
+    @property
+    def n_prompt(self) -> int:
+        return self.layout.n_prompt
 
 
 class Positions:
@@ -71,8 +90,7 @@ class AllTokens(Positions):
     def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
         valid = ctx.attention_mask.bool()
         if not self.include_prompt and ctx.n_prompt:
-            valid = valid.clone()
-            valid[:, : ctx.n_prompt] = False
+            valid = valid & ~ctx.layout.prompt_mask()
         return None, valid
 
 
@@ -96,14 +114,15 @@ class PositionRange(Positions):
 
 @dataclass(frozen=True)
 class PromptTokens(Positions):
-    """The soft-prompt positions (needs a soft prompt)."""
+    """The soft-prompt positions (needs a soft prompt), wherever the prompt sits."""
 
     def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
         if ctx.n_prompt == 0:
             raise NeuronLensError(
                 "PromptTokens() needs a soft prompt: pass prompt= (a [p, d_model] tensor)"
             )
-        return PositionRange(0, ctx.n_prompt).select(ctx)
+        idx = ctx.layout.prompt_index()
+        return idx, torch.ones_like(idx, dtype=torch.bool)
 
 
 @dataclass(frozen=True)
@@ -121,7 +140,7 @@ class MaskToken(Positions):
                 f"MaskToken(): example {bad} of the batch has {int(counts[bad])} mask tokens; "
                 "each example needs exactly one (check the template)"
             )
-        idx = hits.float().argmax(1, keepdim=True) + ctx.n_prompt
+        idx = ctx.layout.full_position(hits.float().argmax(1, keepdim=True))
         return idx, torch.ones_like(idx, dtype=torch.bool)
 
 
@@ -132,6 +151,74 @@ class LastToken(Positions):
     def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
         idx = (ctx.attention_mask.sum(1, keepdim=True) - 1).long()
         return idx, torch.ones_like(idx, dtype=torch.bool)
+
+
+_NO_ANSWER = (
+    "this forward pass reads no single answer position: a pooled linear head "
+    "(readout='pool') averages the input tokens (use Pooled(AllTokens(include_prompt=False))), "
+    "T5 reads its answer in the decoder, and a forward that is not a head's class_logits "
+    "has no answer at all"
+)
+
+
+@dataclass(frozen=True)
+class AnswerToken(Positions):
+    """The position where the head reads its answer (its ``readout``): the mask token, a
+    soft-prompt position, or the last token. Needs a forward pass through a head."""
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        if ctx.layout.answer is None:
+            raise NeuronLensError(f"AnswerToken(): {_NO_ANSWER}")
+        idx = ctx.layout.answer.unsqueeze(1)
+        return idx, torch.ones_like(idx, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class PromptAndAnswer(Positions):
+    """The soft-prompt positions, and after them the answer position when the head reads
+    its answer outside the prompt (the template's mask, the last input token). With
+    ``readout="prompt"`` the answer is a prompt position, so these are the prompt's."""
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        layout = ctx.layout
+        parts = [layout.prompt_index()] if layout.n_prompt else []
+        if layout.answer is not None:
+            inside = layout.prompt_mask().gather(1, layout.answer.unsqueeze(1)).squeeze(1)
+            if not bool(inside.all()):
+                parts.append(layout.answer.unsqueeze(1))
+        if not parts:
+            raise NeuronLensError(
+                "PromptAndAnswer(): the forward has no soft prompt and no answer position; "
+                "pass a prompt, or choose positions such as LastToken()"
+            )
+        idx = torch.cat(parts, 1)
+        return idx, torch.ones_like(idx, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class Pooled(Positions):
+    """The mean activation over the positions ``inner`` selects, one value per example: e.g.
+    ``Pooled(AllTokens(include_prompt=False))``, what a pooled linear head reads."""
+
+    inner: Positions = AllTokens(include_prompt=False)
+
+    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
+        return self.inner.select(ctx)
+
+    @staticmethod
+    def pool(t: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """``([B, 1, width], [B, 1])``: the mean over each example's valid positions."""
+        w = valid.to(t.dtype).unsqueeze(-1)
+        n = w.sum(1, keepdim=True)
+        if bool((n == 0).any()):
+            raise EmptyDataError("Pooled(): an example has no token at the inner positions")
+        return (t * w).sum(1, keepdim=True) / n, valid.any(1, keepdim=True)
+
+
+def blind_positions(layout: Layout, idx: Tensor | None, valid: Tensor) -> Tensor:
+    """``[B, n]`` bool: valid selected positions whose activations cannot depend on the input
+    (in a causal LM, the positions before it: a soft prompt prepended to the input)."""
+    return valid & ~layout.sees_input(idx)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -148,6 +235,8 @@ class CaptureBatch:
     n_prompt: int
     logits: Tensor | None = None
     """Set once the forward pass is done (callbacks running in hooks see ``None``)."""
+    layout: Layout | None = None
+    """Where the soft prompt and the answer sit (set once the forward has placed them)."""
 
 
 @dataclass
@@ -283,6 +372,7 @@ def capture(
     positions: Positions | None = None,
     labels: Sequence[int] | Tensor | None = None,
     prompt: Tensor | None = None,
+    placement: Placement | None = None,
     grads: bool = False,
     objective: Objective | None = None,
     batch_size: int = 32,
@@ -301,7 +391,10 @@ def capture(
         sites: which sites (``None``: every FFN).
         positions: which token positions (default :class:`AllTokens`).
         labels: one integer per example (or taken from the data), passed on in the batch.
-        prompt: a soft prompt ``[p, d_model]`` prepended in embedding space.
+        prompt: a soft prompt ``[p, d_model]`` added in embedding space (before the input,
+            or where ``placement`` or the ``forward`` puts it).
+        placement: where the model's own forward puts the prompt (``Placement(after_input=
+            True)``: after each input); a ``forward`` through a head places it itself.
         grads: also compute gradients of ``objective`` w.r.t. the activations.
         objective: ``f(logits, batch) -> [B]`` (or a scalar), summed and differentiated
             when ``grads=True``; e.g. the gold-label logit.
@@ -328,45 +421,26 @@ def capture(
     n = len(cdata)
     n_batches = (n + batch_size - 1) // batch_size
     show = progress if progress is not None else n_batches >= 5
-    mask_id = model.tokenizer.mask_token_id
     n_prompt = 0 if prompt is None else int(prompt.shape[0])
-    decoder_stacks = {"decoder_blocks"} if model.family.kind.value == "encoder_decoder" else set()
 
     bar = tqdm(total=n_batches, desc=f"capture {model.name}", disable=not show, leave=False)
     try:
         for start in range(0, n, batch_size):
             rows = torch.arange(start, min(start + batch_size, n))
-            enc = cdata.batch(model, rows)
             batch = CaptureBatch(
                 index=rows,
-                encoded=enc,
+                encoded=cdata.batch(model, rows),
                 labels=None if cdata.labels is None else cdata.labels[start : start + len(rows)],
                 n_prompt=n_prompt,
             )
-            full_mask = (
-                enc.attention_mask
-                if not n_prompt
-                else torch.cat(
-                    [enc.attention_mask.new_ones(len(enc), n_prompt), enc.attention_mask], 1
-                )
-            )
-            ctx = PositionContext(enc.input_ids, full_mask, n_prompt, mask_id)
-            enc_sel = positions.select(ctx)
-            dec_sel = (
-                None
-                if enc.decoder_input_ids is None
-                else (None, torch.ones_like(enc.decoder_input_ids, dtype=torch.bool))
-            )
-            selections = {
-                s.name: (dec_sel if s.stack in decoder_stacks else enc_sel) for s in chosen
-            }
             _run_batch(
                 model,
                 batch,
                 chosen,
-                selections,
+                _Selector(model, batch, positions),
                 reduce,
                 prompt,
+                placement,
                 grads,
                 objective,
                 check_finite,
@@ -377,6 +451,48 @@ def capture(
             bar.update(1)
     finally:
         bar.close()
+
+
+class _Selector:
+    """The positions of one batch, per site; chosen once the forward has placed the prompt
+    (from the model's active layout), so they follow wherever the head put it."""
+
+    def __init__(self, model: NeuronModel, batch: CaptureBatch, positions: Positions) -> None:
+        self.model, self.batch, self.positions = model, batch, positions
+        self.encoder: tuple[Tensor | None, Tensor] | None = None
+        self.decoder_stack = (
+            "decoder_blocks" if model.family.kind is ModelKind.ENCODER_DECODER else None
+        )
+
+    def __call__(self, site: Site) -> tuple[Tensor | None, Tensor]:
+        enc = self.batch.encoded
+        if site.stack == self.decoder_stack:
+            return None, torch.ones_like(enc.decoder_input_ids, dtype=torch.bool)
+        if self.encoder is None:
+            layout = self.model.active_layout
+            if layout is None:  # a custom forward that bypassed NeuronModel: a prefix prompt
+                layout = self.model.layout(enc, self.batch.n_prompt)
+            if layout.n_prompt != self.batch.n_prompt:
+                raise NeuronLensError(
+                    f"capture was given a soft prompt of {self.batch.n_prompt} tokens, but the "
+                    f"forward pass ran with {layout.n_prompt}: pass the prompt the forward uses"
+                )
+            self.batch.layout = layout
+            ctx = PositionContext(layout, self.model.tokenizer.mask_token_id)
+            self.encoder = self.positions.select(ctx)
+        return self.encoder
+
+
+def _select(
+    acts: Tensor, selection: tuple[Tensor | None, Tensor], positions: Positions
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(acts, valid, index)`` at the selected positions (pooled for :class:`Pooled`)."""
+    idx, valid = selection
+    sel = _gather(acts, idx)
+    if isinstance(positions, Pooled):
+        sel, valid = Pooled.pool(sel, valid)
+        return sel, valid, None
+    return sel, valid, idx
 
 
 def _gather(acts: Tensor, idx: Tensor | None) -> Tensor:
@@ -399,30 +515,31 @@ def _run_batch(
     model: NeuronModel,
     batch: CaptureBatch,
     chosen: list[Site],
-    selections: dict[str, tuple[Tensor | None, Tensor]],
+    selector: _Selector,
     reduce: Reducer,
     prompt: Tensor | None,
+    placement: Placement | None,
     grads: bool,
     objective: Objective | None,
     check_finite: bool,
     forward: Forward | None,
 ) -> None:
-    live: dict[str, Tensor] = {}
+    live: dict[str, tuple[Tensor, tuple[Tensor | None, Tensor]]] = {}
     fired: set[str] = set()
+    positions = selector.positions
 
     def make_hook(site: Site):
-        idx, valid = selections[site.name]
-
         def hook(acts: Tensor, hook=None) -> None:
             if acts.shape[-1] != site.width:
                 raise ShapeMismatchError(
                     f"site {site.name} produced {acts.shape[-1]} neurons, expected {site.width}"
                 )
             fired.add(site.name)
+            selection = selector(site)
             if grads:
-                live[site.name] = acts
+                live[site.name] = (acts, selection)
                 return None
-            sel = _gather(acts, idx)
+            sel, valid, idx = _select(acts, selection, positions)
             if check_finite:
                 _check(site, sel, "activations")
             reduce(SiteBatch(site, sel, valid, batch, positions=idx))
@@ -434,7 +551,9 @@ def _run_batch(
     grad_ctx = torch.enable_grad() if grads else torch.no_grad()
     with grad_ctx, model.hooks(fwd_hooks=fwd):
         if forward is None:
-            logits = model.forward(batch.encoded, prompt=prompt, embeds_require_grad=grads)
+            logits = model.forward(
+                batch.encoded, prompt=prompt, placement=placement, embeds_require_grad=grads
+            )
         else:
             logits = forward(batch.encoded, prompt, grads)
         batch.logits = logits.detach()
@@ -451,12 +570,13 @@ def _run_batch(
                 raise ShapeMismatchError(
                     f"objective returned shape {list(target.shape)}; expected [B] or a scalar"
                 )
-            tensors = [live[s.name] for s in chosen]
+            tensors = [live[s.name][0] for s in chosen]
             gs = torch.autograd.grad(target.sum(), tensors, allow_unused=True)
             for site, acts, g in zip(chosen, tensors, gs, strict=True):
-                idx, valid = selections[site.name]
+                selection = live[site.name][1]
                 g = torch.zeros_like(acts) if g is None else g
-                sel, gsel = _gather(acts.detach(), idx), _gather(g, idx)
+                sel, valid, idx = _select(acts.detach(), selection, positions)
+                gsel = _select(g, selection, positions)[0]
                 if check_finite:
                     _check(site, sel, "activations")
                     _check(site, gsel, "gradients")
@@ -541,6 +661,7 @@ def collect_activations(
     sites: SiteSpec | Sequence[SiteSpec] | None = None,
     positions: Positions | None = None,
     prompt: Tensor | None = None,
+    placement: Placement | None = None,
     batch_size: int = 32,
     progress: bool | None = False,
 ) -> ActivationArrays:
@@ -567,6 +688,7 @@ def collect_activations(
         sites=sites,
         positions=positions,
         prompt=prompt,
+        placement=placement,
         batch_size=batch_size,
         progress=progress,
     )
@@ -585,24 +707,26 @@ def collect_activations(
             [torch.nn.functional.pad(v, (0, length - v.shape[1])) for _, v in parts]
         )
     enc = cdata.batch(model, torch.arange(len(cdata)))
-    tokens = _token_strings(model, enc, prompt, positions or AllTokens())
+    tokens = _token_strings(model, enc, prompt, positions or AllTokens(), placement)
     return ActivationArrays(acts, valid, tokens, chosen)
 
 
-def _token_strings(model, enc: Encoded, prompt, positions: Positions) -> list[list[str]]:
+def _token_strings(
+    model, enc: Encoded, prompt, positions: Positions, placement: Placement | None = None
+) -> list[list[str]]:
     n_prompt = 0 if prompt is None else int(prompt.shape[0])
     out = []
     for i in range(len(enc)):
-        length = int(enc.attention_mask[i].sum())
-        toks = [f"<prompt:{k}>" for k in range(n_prompt)]
-        toks += model.tokenizer.convert_ids_to_tokens(enc.input_ids[i, :length].tolist())
-        full = enc.attention_mask[i : i + 1]
-        if n_prompt:
-            full = torch.cat([full.new_ones(1, n_prompt), full], 1)
-        ctx = PositionContext(
-            enc.input_ids[i : i + 1], full, n_prompt, model.tokenizer.mask_token_id
-        )
-        idx, _ = positions.select(ctx)
+        row = enc[i : i + 1]
+        layout = model.layout(row, n_prompt, placement)
+        words = iter(model.tokenizer.convert_ids_to_tokens(row.input_ids[0].tolist()))
+        in_prompt = layout.prompt_mask()[0].tolist()
+        k = iter(range(n_prompt))
+        toks = [f"<prompt:{next(k)}>" if p else next(words) for p in in_prompt]
+        idx, _ = positions.select(PositionContext(layout, model.tokenizer.mask_token_id))
+        if isinstance(positions, Pooled):
+            out.append(["<pooled>"])
+            continue
         out.append(
             toks if idx is None else [toks[j] if j < len(toks) else "" for j in idx[0].tolist()]
         )

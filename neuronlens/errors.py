@@ -51,3 +51,7 @@ class DataError(NeuronLensError, ValueError):
 
 class DataFileNotFoundError(DataError, FileNotFoundError):
     """A data file that should be in the data directory is missing."""
+
+
+class DegenerateScoresError(NeuronLensError, ValueError):
+    """A score map that cannot rank anything (no neuron varies, every score the same)."""

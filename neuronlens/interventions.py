@@ -5,18 +5,22 @@ a random control, or given by hand) at chosen token positions (``"all"``, ``"pro
 soft-prompt positions, ``"input"``: the rest). Use them as a context manager (several
 compose; hooks are removed on exit, also after an exception) or per call::
 
-    with intervene(model, Zero(top), n_prompt=tuned.n_tokens):
+    with intervene(model, Zero(top)):
         evaluate(model, tuned, dev)
     evaluate(model, tuned, dev, interventions=[Zero(top)])      # the same, per call
 
 * :class:`Zero` - suppression: the set's activations become 0.
 * :class:`Noise` - add gaussian noise, absolute ``std`` or relative to each neuron's scale
-  (``scale=`` per-neuron standard deviations, e.g. from :func:`activation_stats`); seeded.
-* :class:`Replace` - replace by given values per neuron: the mean activation
-  (:func:`activation_stats`) or the predictivity baseline per prompt token.
+  (``scale=`` per-neuron standard deviations, e.g. from :func:`activation_stats`); one draw
+  per token (``per="token"``) or one per example and neuron, added at every position
+  (``per="example"``, as the original skill-neuron code does); seeded.
+* :class:`Replace` - replace by given values per neuron: the mean activation over all
+  positions (:func:`activation_stats`) or the predictivity baseline per prompt token.
 * :class:`Retain` - keep only the set: every other neuron of the set's sites becomes 0.
 
-Sites on a T5 decoder stack have no prompt positions: there every position counts as input.
+Which positions are the soft prompt is read from the forward pass itself (the prompt may sit
+before or after the input), so the hooks need no ``n_prompt``. Sites on a T5 decoder stack
+have no prompt positions: there every position counts as input.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from torch import Tensor
 
 from neuronlens.capture import SiteBatch, capture
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
+from neuronlens.models.layout import Layout, make_layout
 from neuronlens.models.model import NeuronModel
 from neuronlens.probes.scores import NeuronSet
 
 POSITIONS = ("all", "prompt", "input")
+NOISE_PER = ("token", "example")
 
 
 @dataclass
@@ -46,12 +52,18 @@ class Intervention:
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise NeuronLensError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if not isinstance(self.neurons, NeuronSet):
+            raise NeuronLensError(
+                f"an intervention acts on a NeuronSet (e.g. scores.top(percent=5)), got "
+                f"{type(self.neurons).__name__}"
+            )
 
     def sites(self) -> list[str]:
         return sorted(self.neurons.indices)
 
-    def apply(self, site: str, acts: Tensor, where: Tensor) -> Tensor:
-        """New activations ``[B, L, width]``; ``where`` is ``[L, 1]`` bool (positions acted on)."""
+    def apply(self, site: str, acts: Tensor, where: Tensor, layout: Layout | None = None) -> Tensor:
+        """New activations ``[B, L, width]``; ``where`` is ``[B, L, 1]`` bool (positions acted
+        on), ``layout`` where the batch's soft prompt sits (``None`` on a T5 decoder)."""
         raise NotImplementedError
 
 
@@ -59,7 +71,7 @@ class Intervention:
 class Zero(Intervention):
     """Suppress: the set's activations become 0."""
 
-    def apply(self, site: str, acts: Tensor, where: Tensor) -> Tensor:
+    def apply(self, site: str, acts: Tensor, where: Tensor, layout: Layout | None = None) -> Tensor:
         hit = where & self.neurons.mask(site).to(acts.device)
         return acts.masked_fill(hit, 0.0)
 
@@ -68,7 +80,7 @@ class Zero(Intervention):
 class Retain(Intervention):
     """Keep only the set: every other neuron of its sites becomes 0."""
 
-    def apply(self, site: str, acts: Tensor, where: Tensor) -> Tensor:
+    def apply(self, site: str, acts: Tensor, where: Tensor, layout: Layout | None = None) -> Tensor:
         hit = where & ~self.neurons.mask(site).to(acts.device)
         return acts.masked_fill(hit, 0.0)
 
@@ -78,26 +90,32 @@ class Noise(Intervention):
     """Add gaussian noise to the set's activations.
 
     ``std`` is absolute, or relative to ``scale[site]`` (``[width]`` per-neuron standard
-    deviations) when ``scale`` is given. Seeded: the same seed gives the same noise.
+    deviations) when ``scale`` is given. ``per="token"``: a fresh draw at every position;
+    ``per="example"``: one draw per example and neuron, added at every position (the original
+    skill-neuron code, std 0.1). Seeded: the same seed gives the same noise.
     """
 
     std: float = 1.0
     scale: dict[str, Tensor] | None = None
     seed: int = 0
+    per: str = "token"
     _gen: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.std < 0:
+        if not self.std >= 0:
             raise NeuronLensError(f"noise std must be >= 0, got {self.std}")
+        if self.per not in NOISE_PER:
+            raise NeuronLensError(f"per must be one of {NOISE_PER}, got {self.per!r}")
 
     def reset(self) -> None:
         self._gen = None
 
-    def apply(self, site: str, acts: Tensor, where: Tensor) -> Tensor:
+    def apply(self, site: str, acts: Tensor, where: Tensor, layout: Layout | None = None) -> Tensor:
         if self._gen is None:
             self._gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        noise = torch.randn(acts.shape, generator=self._gen, dtype=torch.float32).to(acts)
+        shape = acts.shape if self.per == "token" else (acts.shape[0], 1, acts.shape[-1])
+        noise = torch.randn(shape, generator=self._gen, dtype=torch.float32).to(acts)
         std = torch.full((acts.shape[-1],), float(self.std), device=acts.device, dtype=acts.dtype)
         if self.scale is not None:
             std = std * self.scale[site].to(acts)
@@ -108,47 +126,74 @@ class Noise(Intervention):
 @dataclass
 class Replace(Intervention):
     """Replace the set's activations by ``values[site]``: ``[width]`` (e.g. the mean
-    activation) or ``[p, width]`` per soft-prompt token (e.g. the predictivity baseline; only
-    with ``positions="prompt"``)."""
+    activation over all positions) or ``[p, width]`` per soft-prompt token (e.g. the
+    predictivity baseline; only with ``positions="prompt"``)."""
 
     values: dict[str, Tensor] = field(default_factory=dict)
 
-    def apply(self, site: str, acts: Tensor, where: Tensor) -> Tensor:
+    def apply(self, site: str, acts: Tensor, where: Tensor, layout: Layout | None = None) -> Tensor:
         if site not in self.values:
             raise NeuronLensError(f"Replace has no values for site {site}")
         v = self.values[site].to(acts)
         hit = where & self.neurons.mask(site).to(acts.device)
-        if v.dim() == 2:  # per prompt token
-            if self.positions != "prompt":
+        if v.dim() == 2:  # per prompt token, wherever the prompt sits
+            if self.positions != "prompt" or layout is None:
                 raise NeuronLensError("per-prompt-token values need positions='prompt'")
-            full = acts.new_zeros(acts.shape[1:])
-            full[: v.shape[0]] = v
-            v = full
+            if v.shape != (layout.n_prompt, acts.shape[-1]):
+                raise ShapeMismatchError(
+                    f"Replace values for {site} are {list(v.shape)}, the prompt has "
+                    f"{layout.n_prompt} tokens of {acts.shape[-1]} neurons"
+                )
+            idx = layout.prompt_index().unsqueeze(-1).expand(-1, -1, acts.shape[-1])
+            v = acts.new_zeros(acts.shape).scatter(1, idx, v.expand(acts.shape[0], -1, -1))
         elif v.shape != acts.shape[-1:]:
             raise ShapeMismatchError(f"Replace values for {site} have shape {list(v.shape)}")
         return torch.where(hit, v.expand_as(acts), acts)
 
 
-def _where(positions: str, length: int, n_prompt: int, decoder: bool, device) -> Tensor:
-    w = torch.ones(length, 1, dtype=torch.bool, device=device)
-    if decoder or positions == "all":
-        return w
-    if n_prompt == 0 and positions == "prompt":
-        raise NeuronLensError("positions='prompt' but the forward has no soft prompt (n_prompt=0)")
-    w[n_prompt:] = positions == "input"
-    w[:n_prompt] = positions == "prompt"
-    return w
+def _where(positions: str, layout: Layout | None, acts: Tensor) -> Tensor:
+    """``[B, L, 1]`` bool: the positions an intervention acts on (``layout`` None: a decoder)."""
+    if layout is None or positions == "all":
+        return torch.ones(*acts.shape[:2], 1, dtype=torch.bool, device=acts.device)
+    if layout.n_prompt == 0 and positions == "prompt":
+        raise NeuronLensError("positions='prompt' but the forward has no soft prompt")
+    in_prompt = layout.prompt_mask().to(acts.device).unsqueeze(-1)
+    return in_prompt if positions == "prompt" else ~in_prompt
+
+
+def _batch_layout(model: NeuronModel, acts: Tensor, n_prompt: int | None) -> Layout:
+    """The running forward's layout, checked against ``n_prompt`` when that was given."""
+    layout = model.active_layout
+    if layout is None:  # a forward that bypassed NeuronModel: a prefix prompt of n_prompt
+        p = n_prompt or 0
+        if p > acts.shape[1]:
+            raise NeuronLensError(
+                f"intervene(n_prompt={p}) but the sequence has only {acts.shape[1]} positions"
+            )
+        mask = torch.ones(acts.shape[0], acts.shape[1] - p, dtype=torch.long, device=acts.device)
+        return make_layout(torch.zeros_like(mask), mask, p)
+    if n_prompt is not None and n_prompt != layout.n_prompt:
+        raise NeuronLensError(
+            f"intervene(n_prompt={n_prompt}) but the forward pass has a soft prompt of "
+            f"{layout.n_prompt} tokens: leave n_prompt out (it is read from the forward)"
+        )
+    return layout
 
 
 @contextlib.contextmanager
 def intervene(
-    model: NeuronModel, *interventions: Intervention, n_prompt: int = 0
+    model: NeuronModel, *interventions: Intervention, n_prompt: int | None = None
 ) -> Iterator[None]:
     """Apply interventions to every forward pass inside the ``with`` block.
 
-    ``n_prompt`` tells where the soft prompt ends (positions ``"prompt"`` / ``"input"``).
-    Hooks are removed on exit, also after an exception.
+    Where the soft prompt sits (positions ``"prompt"`` / ``"input"``) is read from each
+    forward pass; ``n_prompt``, if given, is checked against it. Hooks are removed on exit,
+    also after an exception.
     """
+    if n_prompt is not None and (
+        isinstance(n_prompt, bool) or not isinstance(n_prompt, int) or n_prompt < 0
+    ):
+        raise NeuronLensError(f"n_prompt must be a prompt length >= 0 (or None), got {n_prompt!r}")
     by_name = {s.name: s for s in model.sites}
     hooks = []
     for iv in interventions:
@@ -167,8 +212,8 @@ def intervene(
             decoder = site.stack == "decoder_blocks"
 
             def hook(acts, hook=None, iv=iv, name=name, decoder=decoder):
-                where = _where(iv.positions, acts.shape[1], n_prompt, decoder, acts.device)
-                return iv.apply(name, acts, where)
+                layout = None if decoder else _batch_layout(model, acts, n_prompt)
+                return iv.apply(name, acts, _where(iv.positions, layout, acts), layout)
 
             hooks.append((site.hook_name, hook))
         if isinstance(iv, Noise):
@@ -192,10 +237,14 @@ def activation_stats(
     prompt: Tensor | None = None,
     sites=None,
     positions=None,
+    forward=None,
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> ActivationStats:
-    """Mean and std of every neuron's activation over ``data`` (streaming, float64 sums)."""
+    """Mean and std of every neuron's activation over ``data`` (streaming, float64 sums), at
+    ``positions`` (default every non-padding token). ``forward``: run the batches through a
+    head (``head.class_logits``, so the prompt sits where the head puts it), as
+    :func:`~neuronlens.analysis.prompt_activation_stats` does for a tuned prompt."""
     sums: dict[str, Tensor] = {}
     sq: dict[str, Tensor] = {}
     count: dict[str, Tensor] = {}
@@ -215,6 +264,7 @@ def activation_stats(
         sites=sites,
         positions=positions,
         prompt=prompt,
+        forward=forward,
         batch_size=batch_size,
         progress=progress,
     )

@@ -24,10 +24,15 @@ Config (TOML; every field optional except ``model`` and ``task``)::
     eval_split = "dev"
     eval_size = 400
     n_tokens = 20
+    readout = "auto"            # where the answer is read: "prompt" (at a soft-prompt position,
+                                # as the original skill-neuron code), "mask", "last", "pool";
+                                # "auto": "prompt" on causal LMs and T5 (see neuronlens.prompts)
     seeds = [0, 1]
     epochs = 1.0
     suppression_percents = [0, 1, 5, 10]
     random_repeats = 2
+    per_layer = true            # top neurons per layer (both original implementations)
+    ablation = "zero"           # "zero", "mean" (train mean over all positions), "noise"
     prune_keep = 0.5
 """
 
@@ -43,6 +48,8 @@ from neuronlens.errors import NeuronLensError
 
 STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
 VALIDATION = ("auto", "split", "sentences", "none")
+READOUTS = ("auto", "prompt", "mask", "last", "pool")
+ABLATIONS = ("zero", "mean", "noise")
 #: validation examples drawn for early stopping (at most; fewer when ``eval_size`` is smaller)
 MAX_VAL = 300
 
@@ -60,6 +67,7 @@ _TYPES = {
     "eval_split": str,
     "eval_size": int,
     "n_tokens": int,
+    "readout": str,
     "seeds": list,
     "epochs": (int, float),
     "lr": (int, float),
@@ -67,6 +75,8 @@ _TYPES = {
     "batch_size": int,
     "suppression_percents": list,
     "random_repeats": int,
+    "per_layer": bool,
+    "ablation": str,
     "prune_keep": (int, float),
     "retrain_steps": int,
 }
@@ -84,6 +94,7 @@ class StudyConfig:
     eval_split: str = "dev"
     eval_size: int = 400
     n_tokens: int = 20
+    readout: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: float = 1.0
     lr: float = 3e-2
@@ -91,6 +102,8 @@ class StudyConfig:
     batch_size: int = 16
     suppression_percents: list[float] = field(default_factory=lambda: [0, 1, 5, 10])
     random_repeats: int = 2
+    per_layer: bool = True
+    ablation: str = "zero"
     prune_keep: float = 0.5
     retrain_steps: int = 30
 
@@ -98,11 +111,21 @@ class StudyConfig:
         """Every field's type and range, also for a config built directly (not from TOML)."""
         for f in fields(self):
             value, expected = getattr(self, f.name), _TYPES[f.name]
-            if isinstance(value, bool) or not isinstance(value, expected):
+            if (isinstance(value, bool) and expected is not bool) or not isinstance(
+                value, expected
+            ):
                 raise ConfigError(
                     f"config field {f.name!r} has {value!r} ({type(value).__name__}); "
                     f"expected {getattr(expected, '__name__', expected)}"
                 )
+        if self.readout not in READOUTS:
+            raise ConfigError(
+                f"config field 'readout' must be one of {list(READOUTS)}, got {self.readout!r}"
+            )
+        if self.ablation not in ABLATIONS:
+            raise ConfigError(
+                f"config field 'ablation' must be one of {list(ABLATIONS)}, got {self.ablation!r}"
+            )
         if self.validation not in VALIDATION:
             raise ConfigError(
                 f"config field 'validation' must be one of {list(VALIDATION)}, "
@@ -219,6 +242,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     from neuronlens.plots import neuron_heatmap
     from neuronlens.probes import NeuronScores, attribute, predictivity
     from neuronlens.prompts import PromptResult, evaluate, tune_prompt
+    from neuronlens.prompts.heads import make_head
     from neuronlens.pruning import (
         interleaved_latency,
         keep_top,
@@ -250,18 +274,23 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
 
     # 1. prompts
     t0 = time.perf_counter()
+    readout = make_head(model, "auto", task, cfg.readout).readout
     prompts, loaded = [], True
     for seed in cfg.seeds:
         path = out / "prompts" / f"seed{seed}"
         if resume and path.with_suffix(".safetensors").is_file():
-            prompts.append(PromptResult.load(path, model))
-            continue
+            saved = PromptResult.load(path, model)
+            if saved.head.readout == readout:
+                prompts.append(saved)
+                continue
+            log(f"{path}: tuned with readout {saved.head.readout!r}, not {readout!r}: re-tuning")
         loaded = False
         tuned = tune_prompt(
             model,
             task,
             train=train,
             validation=val,
+            readout=cfg.readout,
             n_tokens=cfg.n_tokens,
             epochs=cfg.epochs,
             lr=cfg.lr,
@@ -316,6 +345,9 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
             task=task,
             percents=cfg.suppression_percents,
             random_repeats=cfg.random_repeats,
+            per_layer=cfg.per_layer,
+            ablation=cfg.ablation,
+            train=train,
         )
         sup_path.write_text(json.dumps(asdict(curve), indent=2))
         done("suppression", time.perf_counter() - t0, False)

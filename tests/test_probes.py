@@ -57,7 +57,16 @@ def test_predictivity_equals_reference_exactly():
     model, task = tiny(), word_task()
     prompts = [fake_prompt(model, task, seed=s) for s in (0, 1)]
     train, dev = task.load("train"), task.load("dev")
-    got = predictivity(model, prompts, task, dev, train=train, batch_size=7, progress=False)
+    got = predictivity(
+        model,
+        prompts,
+        task,
+        dev,
+        train=train,
+        positions=nl.PromptTokens(),
+        batch_size=7,
+        progress=False,
+    )
     ref = reference_predictivity(model, prompts, task, train, dev)
     for s in model.sites:
         assert torch.equal(got[s.name], ref[s.name].float()), s.name
@@ -103,10 +112,21 @@ def test_predictivity_bad_input():
         predictivity(model, pr, task, task.load("dev"), progress=False)
     no_prompt = fake_prompt(model, task, n_tokens=1)
     no_prompt.prompt = no_prompt.prompt[:0]
-    with pytest.raises(NeuronLensError, match="soft-prompt"):
+    with pytest.raises(NeuronLensError, match="needs a soft prompt"):
         predictivity(
-            model, no_prompt, task, task.load("dev"), train=task.load("train"), progress=False
+            model,
+            no_prompt,
+            task,
+            task.load("dev"),
+            train=task.load("train"),
+            positions=nl.PromptTokens(),
+            progress=False,
         )
+    # without a prompt the default still reads where the verbalizer answers (the mask)
+    at_mask = predictivity(
+        model, no_prompt, task, task.load("dev"), train=task.load("train"), progress=False
+    )
+    assert at_mask.per_token["blocks.0"].shape == (1, 24)
 
 
 def reference_attribution(model, pr, task, data, *, include_prompt=False, method="attribution"):
@@ -123,11 +143,13 @@ def reference_attribution(model, pr, task, data, *, include_prompt=False, method
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             logits = pr.head.class_logits(model, enc, pr.prompt, embeds_require_grad=True)
             grads = torch.autograd.grad(logits[0, y], [live[s.name] for s in model.sites])
-        p = pr.n_tokens
+        p, length = pr.n_tokens, int(enc.attention_mask.sum())
+        # a causal verbalizer reads at the prompt, placed after the input: input comes first
+        after = model.kind.value == "causal_lm" and pr.head.readout == "prompt"
+        lo = 0 if include_prompt or after else p
+        hi = (length + (p if include_prompt else 0)) if after else p + length
         for s, g in zip(model.sites, grads, strict=True):
             a = live[s.name][0].detach()
-            lo = 0 if include_prompt else p
-            hi = p + int(enc.attention_mask.sum())
             val = {"attribution": (a * g[0]).abs(), "gradient": g[0], "activation": a}[method]
             totals[s.name] += val[lo:hi].double().mean(0)
     return totals

@@ -62,10 +62,12 @@ def _model(family: str, **kw):
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "t5", "t5-gated", "gpt2", "llama"])
 def test_verbalizer_logits_equal_full_forward_logits(family):
-    """Reference: the full forward's logits at the answer position, label-word columns."""
+    """Reference: the full forward's logits at the answer position, label-word columns
+    (prompt before the input; tests/test_readout.py covers every readout)."""
     model = _model(family)
     task = word_task()
-    head = Verbalizer(model, task.verbalizer)
+    readout = "last" if family in ("gpt2", "llama") else "auto"
+    head = Verbalizer(model, task.verbalizer, readout=readout)
     data = task.load("dev").take(5)
     enc = encode_task(model, head, task, data)
     prompt = init_prompt(model, 3, seed=1)

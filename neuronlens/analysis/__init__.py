@@ -2,6 +2,7 @@
 analysis, prompt transferability, distributions (see :mod:`neuronlens.analysis.studies`)."""
 
 from neuronlens.analysis.studies import (
+    Ablation,
     AdversarialAnalysis,
     CrossSuppression,
     Distributions,
@@ -11,12 +12,14 @@ from neuronlens.analysis.studies import (
     adversarial_analysis,
     cross_suppression,
     distributions,
+    prompt_activation_stats,
     suppression_curve,
     task_specificity,
     transferability,
 )
 
 __all__ = [
+    "Ablation",
     "AdversarialAnalysis",
     "CrossSuppression",
     "Distributions",
@@ -26,6 +29,7 @@ __all__ = [
     "adversarial_analysis",
     "cross_suppression",
     "distributions",
+    "prompt_activation_stats",
     "suppression_curve",
     "task_specificity",
     "transferability",

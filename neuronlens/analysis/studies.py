@@ -3,9 +3,10 @@
 Each returns a result object with ``rows()`` (a table as a list of dicts), ``to_markdown()``
 and ``figure()`` (a Plotly figure; ``figure().write_html(path)`` saves it standalone).
 
-* :func:`suppression_curve` - accuracy while suppressing the top 0-15 % neurons vs the same
-  per-layer counts of random neurons (several seeded repeats, mean and spread);
-* :func:`cross_suppression` - the neuron set of dataset A suppressed while evaluating B;
+* :func:`suppression_curve` - accuracy while switching off the top 0-15 % neurons (per
+  layer by default) vs the same per-layer counts of random neurons (several seeded repeats,
+  mean and spread), zeroed, mean-replaced or noised (:class:`Ablation`);
+* :func:`cross_suppression` - the neuron set of dataset A switched off while evaluating B;
 * :func:`task_specificity` - Spearman matrix of neuron scores between datasets (per layer,
   then averaged; per-layer p-values kept), and its z-score normalised version;
 * :func:`adversarial_analysis` - predictivity on an adversarial set with the clean baselines,
@@ -19,16 +20,26 @@ and ``figure()`` (a Plotly figure; ``figure().write_html(path)`` saves it standa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from neuronlens.capture import CaptureData
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
-from neuronlens.interventions import Zero
+from neuronlens.interventions import (
+    ActivationStats,
+    Intervention,
+    Noise,
+    Replace,
+    Zero,
+    activation_stats,
+)
+from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.probes.scores import NeuronScores, NeuronSet
-from neuronlens.prompts.tuning import PromptResult, evaluate
+from neuronlens.prompts.tuning import PromptResult, evaluate, render_texts
+from neuronlens.tasks import get_task
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -52,9 +63,107 @@ class _Table:
 # ---------------------------------------------------------------------------- suppression
 
 
+ABLATIONS = ("zero", "mean", "noise")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """How a study switches a neuron set off.
+
+    * ``"zero"`` - suppression (the robustness paper; the original code of both its
+      implementations);
+    * ``"mean"`` - each neuron replaced by its mean activation over every position of the
+      training data, run with the prompt (``stats``, from :func:`prompt_activation_stats`);
+    * ``"noise"`` - gaussian noise of absolute ``std`` (default 0.1), one draw per example and
+      neuron added at every position (``per="example"``; the original skill-neuron code) or
+      a fresh draw per token (``per="token"``).
+
+    ``positions``: ``"all"`` (as both original implementations), ``"prompt"`` or ``"input"``.
+    """
+
+    kind: str = "zero"
+    std: float = 0.1
+    per: str = "example"
+    positions: str = "all"
+    stats: ActivationStats | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ABLATIONS:
+            raise NeuronLensError(f"ablation must be one of {ABLATIONS}, got {self.kind!r}")
+        if self.kind == "mean" and self.stats is None:
+            raise NeuronLensError(
+                "a mean ablation needs the mean activations: Ablation('mean', stats="
+                "prompt_activation_stats(model, tuned, task, train)), or pass train= to the study"
+            )
+
+    def __call__(self, neurons: NeuronSet, seed: int = 0) -> Intervention:
+        """The intervention that switches ``neurons`` off (``seed``: the noise draw)."""
+        if self.kind == "zero":
+            return Zero(neurons, self.positions)
+        if self.kind == "mean":
+            return Replace(neurons, self.positions, values=self.stats.mean)
+        return Noise(neurons, self.positions, std=self.std, seed=seed, per=self.per)
+
+    def describe(self) -> str:
+        if self.kind == "noise":
+            return f"noise (std {self.std}, per {self.per})"
+        return {"zero": "zeroed", "mean": "mean-replaced"}[self.kind]
+
+
+def prompt_activation_stats(
+    model: NeuronModel,
+    tuned: PromptResult,
+    task,
+    data,
+    *,
+    positions=None,
+    batch_size: int = 32,
+    max_length: int | None = 256,
+    progress: bool | None = None,
+) -> ActivationStats:
+    """Per-neuron mean and std over every non-padding position (or ``positions``) of
+    ``data`` run with ``tuned``'s prompt, placed and read as its head does: the values of a
+    mean ablation (the original skill-neuron code's train mean over positions)."""
+    if len(data) == 0:
+        raise NeuronLensError("prompt_activation_stats got an empty split")
+    tuned.head.check_model(model)
+    sites = model.sites
+    if model.kind is ModelKind.ENCODER_DECODER and tuned.head.kind == "linear":
+        sites = [s for s in sites if s.stack == "encoder_blocks"]
+
+    def fwd(enc, prompt, grads):
+        return tuned.head.class_logits(model, enc, prompt)
+
+    texts = CaptureData(texts=render_texts(model, tuned.head, task, data), max_length=max_length)
+    return activation_stats(
+        model,
+        texts,
+        prompt=tuned.prompt if tuned.n_tokens else None,
+        sites=sites,
+        positions=positions,
+        forward=fwd,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def _ablation(ablation, model, tuned, task, train) -> Ablation:
+    """An :class:`Ablation` from a name or object; a mean ablation gets its stats from train."""
+    if isinstance(ablation, Ablation):
+        return ablation
+    if ablation == "mean":
+        if train is None:
+            raise NeuronLensError(
+                "ablation='mean' replaces neurons by their mean activation on training data: "
+                "pass train= (a task split), or an Ablation('mean', stats=...)"
+            )
+        return Ablation("mean", stats=prompt_activation_stats(model, tuned, task, train))
+    return Ablation(ablation)
+
+
 @dataclass
 class SuppressionCurve(_Table):
-    """Accuracy vs percent of neurons suppressed: top neurons and random controls."""
+    """Accuracy vs percent of neurons switched off: top neurons and random controls."""
 
     percents: list[float]
     top: list[float]
@@ -63,6 +172,16 @@ class SuppressionCurve(_Table):
     method: str
     dataset: str
     per_layer: bool
+    ablation: str = "zeroed"
+
+    def gaps(self) -> list[float]:
+        """Per level: (random mean - top) in random standard deviations (``inf`` when the
+        random controls do not spread and top is lower; ``nan`` at equal values)."""
+        out = []
+        for t, r in zip(self.top, self.random, strict=True):
+            diff, sd = float(np.mean(r)) - t, float(np.std(r))
+            out.append(diff / sd if sd > 0 else (np.sign(diff) * np.inf if diff else np.nan))
+        return out
 
     def rows(self) -> list[dict]:
         return [
@@ -72,8 +191,11 @@ class SuppressionCurve(_Table):
                 "acc_top": t,
                 "acc_random_mean": float(np.mean(r)),
                 "acc_random_std": float(np.std(r)),
+                "gap_sd": g,
             }
-            for p, c, t, r in zip(self.percents, self.counts, self.top, self.random, strict=True)
+            for p, c, t, r, g in zip(
+                self.percents, self.counts, self.top, self.random, self.gaps(), strict=True
+            )
         ]
 
     def figure(self):
@@ -112,10 +234,14 @@ class SuppressionCurve(_Table):
                 line={"color": "crimson"},
             )
         )
+        where = "per layer" if self.per_layer else "over the whole model"
+        values = [*self.top, *(mean + std), *(mean - std)]
+        mid, half = (max(values) + min(values)) / 2, max((max(values) - min(values)) / 2, 0.05)
         fig.update_layout(
-            title=f"Suppression on {self.dataset}",
-            xaxis_title="% neurons suppressed",
+            title=f"Suppression on {self.dataset}: top neurons {where}, {self.ablation}",
+            xaxis_title="% neurons switched off",
             yaxis_title="accuracy",
+            yaxis_range=[mid - 1.1 * half, mid + 1.1 * half],  # at least 0.1 wide
             template="plotly_white",
         )
         return fig
@@ -129,52 +255,59 @@ def suppression_curve(
     *,
     task=None,
     percents: Sequence[float] = (0, 1, 3, 5, 7, 10, 15),
-    per_layer: bool = False,
+    per_layer: bool = True,
     random_repeats: int = 3,
     seed: int = 0,
-    positions: str = "all",
+    ablation: str | Ablation = "zero",
+    train=None,
+    positions: str | None = None,
     batch_size: int = 64,
     progress: bool | None = None,
 ) -> SuppressionCurve:
-    """Suppress (zero) the top ``p`` % neurons by ``scores`` and the same per-layer counts of
-    random neurons (``random_repeats`` seeds), and evaluate ``tuned`` on ``data``."""
+    """Switch off the top ``p`` % neurons by ``scores`` and the same per-layer counts of
+    random neurons (``random_repeats`` seeds), and evaluate ``tuned`` on ``data``.
+
+    ``per_layer=True`` (default) takes the top ``p`` % of every layer, as both original
+    implementations of the robustness paper do (Skill-Neuron, robust-neurons);
+    ``per_layer=False`` the top ``p`` % of the whole model (SKELETON / SKIP order neurons
+    this way for pruning). ``ablation``: ``"zero"``, ``"mean"`` (needs ``train``), ``"noise"``
+    or an :class:`Ablation`; ``positions`` overrides the ablation's (default every position).
+    """
     if random_repeats < 1:
         raise NeuronLensError("random_repeats must be at least 1")
+    task = task or get_task(data.task)
+    abl = _ablation(ablation, model, tuned, task, train)
+    if positions is not None:
+        abl = replace(abl, positions=positions)
     top, rnd, counts = [], [], []
     bar = tqdm(
         percents,
-        desc="suppression curve",
+        desc=f"suppression curve ({abl.describe()})",
         disable=not (progress if progress is not None else len(percents) > 3),
         leave=False,
     )
+
+    def accuracy(iv: Intervention) -> float:
+        return evaluate(
+            model, tuned, data, task=task, batch_size=batch_size, interventions=[iv]
+        ).accuracy
+
     for p in bar:
         nset = scores.top(percent=p, per_layer=per_layer)
         counts.append(nset.count)
-        top.append(
-            evaluate(
-                model,
-                tuned,
-                data,
-                task=task,
-                batch_size=batch_size,
-                interventions=[Zero(nset, positions)],
-            ).accuracy
-        )
+        top.append(accuracy(abl(nset, seed)))
         rnd.append(
-            [
-                evaluate(
-                    model,
-                    tuned,
-                    data,
-                    task=task,
-                    batch_size=batch_size,
-                    interventions=[Zero(nset.random_control(seed + r), positions)],
-                ).accuracy
-                for r in range(random_repeats)
-            ]
+            [accuracy(abl(nset.random_control(seed + r), seed)) for r in range(random_repeats)]
         )
     return SuppressionCurve(
-        list(percents), top, rnd, counts, scores.method, getattr(data, "task", "data"), per_layer
+        list(percents),
+        top,
+        rnd,
+        counts,
+        scores.method,
+        getattr(data, "task", "data"),
+        per_layer,
+        abl.describe(),
     )
 
 
@@ -183,10 +316,11 @@ def suppression_curve(
 
 @dataclass
 class CrossSuppression(_Table):
-    """``accuracy[a][b]``: accuracy on dataset ``b`` with the neuron set of ``a`` suppressed
-    (``a = "none"``: nothing suppressed)."""
+    """``accuracy[a][b]``: accuracy on dataset ``b`` with the neuron set of ``a`` switched
+    off (``a = "none"``: nothing switched off)."""
 
     accuracy: dict[str, dict[str, float]]
+    ablation: str = "zeroed"
 
     def rows(self) -> list[dict]:
         return [
@@ -196,7 +330,10 @@ class CrossSuppression(_Table):
 
     def figure(self):
         return _heatmap(
-            self.accuracy, "Cross suppression: accuracy", "evaluated on", "neurons suppressed from"
+            self.accuracy,
+            f"Cross suppression ({self.ablation}): accuracy",
+            "evaluated on",
+            "neurons switched off from",
         )
 
 
@@ -207,10 +344,21 @@ def cross_suppression(
     neuron_sets: Mapping[str, NeuronSet],
     *,
     task=None,
-    positions: str = "all",
+    ablation: str | Ablation = "zero",
+    train=None,
+    positions: str | None = None,
+    seed: int = 0,
     batch_size: int = 64,
 ) -> CrossSuppression:
-    """Evaluate every dataset with every neuron set suppressed (and with none)."""
+    """Evaluate every dataset with every neuron set switched off (and with none);
+    ``ablation`` as in :func:`suppression_curve`."""
+    if not datasets:
+        raise NeuronLensError("cross_suppression needs at least one dataset")
+    first = next(iter(datasets.values()))
+    task = task or get_task(first.task)
+    abl = _ablation(ablation, model, tuned, task, train)
+    if positions is not None:
+        abl = replace(abl, positions=positions)
     acc: dict[str, dict[str, float]] = {"none": {}}
     for b, data in datasets.items():
         acc["none"][b] = evaluate(model, tuned, data, task=task, batch_size=batch_size).accuracy
@@ -222,11 +370,11 @@ def cross_suppression(
                 data,
                 task=task,
                 batch_size=batch_size,
-                interventions=[Zero(nset, positions)],
+                interventions=[abl(nset, seed)],
             ).accuracy
             for b, data in datasets.items()
         }
-    return CrossSuppression(acc)
+    return CrossSuppression(acc, abl.describe())
 
 
 # ---------------------------------------------------------------------------- specificity

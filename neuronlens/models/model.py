@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -17,6 +18,7 @@ from neuronlens.errors import (
     TokenizerMismatchError,
 )
 from neuronlens.models.families import Family, ModelKind
+from neuronlens.models.layout import Layout, Placement, make_layout, place_prompt
 from neuronlens.models.sites import Site, SiteSpec, resolve_site, resolve_sites
 
 
@@ -97,6 +99,7 @@ class NeuronModel:
         self.gated = gated
         self.stacks = tuple(stacks)
         self.kind = family.kind if has_lm_head else ModelKind.ENCODER
+        self._active_layout: Layout | None = None
         self._check_tokenizer()
 
     # ------------------------------------------------------------------ structure
@@ -214,43 +217,83 @@ class NeuronModel:
             decoder_input_ids=dec,
         ).to(self.device)
 
-    def embed(
-        self, batch: Encoded, prompt: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Word embeddings of a batch with an optional soft prompt ``[p, d_model]`` prepended.
+    def layout(
+        self, batch: Encoded, n_prompt: int = 0, placement: Placement | None = None
+    ) -> Layout:
+        """Where a soft prompt of ``n_prompt`` tokens and the answer sit in ``batch``'s full
+        sequence, for a head's ``placement`` (default: prompt before the input, no answer)."""
+        return make_layout(
+            batch.input_ids,
+            batch.attention_mask,
+            n_prompt,
+            placement,
+            mask_token_id=self.tokenizer.mask_token_id,
+            causal=self.family.kind is ModelKind.CAUSAL_LM,
+        )
 
-        Returns ``(inputs_embeds, attention_mask, token_type_ids)`` extended by the prompt;
-        the model adds positions, token types and its embedding LayerNorm itself.
+    @property
+    def active_layout(self) -> Layout | None:
+        """The :class:`Layout` of the forward pass running now (``None`` outside one): hooks
+        read it to find the soft-prompt and answer positions of the current batch."""
+        return self._active_layout
+
+    @contextlib.contextmanager
+    def _running(self, layout: Layout):
+        before, self._active_layout = self._active_layout, layout
+        try:
+            yield
+        finally:
+            self._active_layout = before
+
+    def embed(
+        self, batch: Encoded, prompt: Tensor | None = None, placement: Placement | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Word embeddings of a batch with an optional soft prompt ``[p, d_model]``.
+
+        The prompt goes before the input, or after each example's last token when
+        ``placement.after_input``. Returns ``(inputs_embeds, attention_mask,
+        token_type_ids)`` extended by the prompt; the model adds positions, token types and
+        its embedding LayerNorm itself.
         """
-        emb = self.input_embeddings(batch.input_ids)
-        mask, types = batch.attention_mask, batch.token_type_ids
-        if prompt is not None and prompt.dim() == 2 and prompt.shape[0] == 0:
-            prompt = None  # an empty prompt (a head trained alone) prepends nothing
-        if prompt is not None:
-            if prompt.dim() != 2 or prompt.shape[1] != self.d_model:
-                raise ShapeMismatchError(
-                    f"a soft prompt must be [n_tokens, {self.d_model}] for {self.name}, "
-                    f"got {list(prompt.shape)}"
-                )
-            b, p = emb.shape[0], prompt.shape[0]
-            emb = torch.cat([prompt.to(emb.dtype).unsqueeze(0).expand(b, -1, -1), emb], 1)
-            mask = torch.cat([mask.new_ones(b, p), mask], 1)
-            if types is not None:
-                types = torch.cat([types.new_zeros(b, p), types], 1)
+        emb, mask, types, _ = self._inputs(batch, prompt, placement)
         return emb, mask, types
+
+    def _inputs(
+        self, batch: Encoded, prompt: Tensor | None, placement: Placement | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Layout]:
+        """``(inputs_embeds, attention_mask, token_type_ids, layout)`` with the prompt placed."""
+        emb = self.input_embeddings(batch.input_ids)
+        if prompt is not None and prompt.dim() == 2 and prompt.shape[0] == 0:
+            prompt = None  # an empty prompt (a head trained alone) adds nothing
+        if prompt is not None and (prompt.dim() != 2 or prompt.shape[1] != self.d_model):
+            raise ShapeMismatchError(
+                f"a soft prompt must be [n_tokens, {self.d_model}] for {self.name}, "
+                f"got {list(prompt.shape)}"
+            )
+        p = 0 if prompt is None else int(prompt.shape[0])
+        layout = self.layout(batch, p, placement)
+        types = batch.token_type_ids
+        if p:
+            rows = prompt.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
+            emb = place_prompt(emb, rows, layout)
+            if types is not None:
+                types = place_prompt(types, types.new_zeros(len(batch), p), layout)
+        return emb, layout.attention_mask, types, layout
 
     def forward(
         self,
         batch: Encoded,
         *,
         prompt: Tensor | None = None,
+        placement: Placement | None = None,
         embeds_require_grad: bool = False,
     ) -> Tensor:
         """Logits of the bridge for a batch (masked LM / causal LM ``[B, L, V]``, T5 decoder ``[B, T, V]``).
 
-        With ``prompt`` (``[p, d_model]``) the soft prompt is prepended in embedding space.
-        ``embeds_require_grad`` makes the input embeddings a leaf that requires grad, so a
-        frozen model's activations get gradients.
+        With ``prompt`` (``[p, d_model]``) the soft prompt is added in embedding space, before
+        the input or where ``placement`` says. ``embeds_require_grad`` makes the input
+        embeddings a leaf that requires grad, so a frozen model's activations get gradients.
+        While it runs, :attr:`active_layout` says where the prompt and answer are.
         """
         if len(batch) == 0:
             raise EmptyDataError("empty batch: there is nothing to run")
@@ -258,14 +301,17 @@ class NeuronModel:
         if batch.decoder_input_ids is not None:
             kwargs["decoder_input_ids"] = batch.decoder_input_ids
         if prompt is None and not embeds_require_grad:
-            x, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids
+            x, types = batch.input_ids, batch.token_type_ids
+            layout = self.layout(batch, 0, placement)
+            mask = layout.attention_mask
         else:
-            x, mask, types = self.embed(batch, prompt)
+            x, mask, types, layout = self._inputs(batch, prompt, placement)
             if embeds_require_grad and not x.requires_grad:
                 x = x.detach().requires_grad_(True)
         if types is not None:
             kwargs["token_type_ids"] = types
-        return self.bridge(x, attention_mask=mask, return_type="logits", **kwargs)
+        with self._running(layout):
+            return self.bridge(x, attention_mask=mask, return_type="logits", **kwargs)
 
     __call__ = forward
 
@@ -274,17 +320,20 @@ class NeuronModel:
         batch: Encoded,
         *,
         prompt: Tensor | None = None,
+        placement: Placement | None = None,
         embeds_require_grad: bool = False,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Layout]:
         """Last hidden state of the (encoder or decoder-only) base model, without the LM head.
 
-        Returns ``(hidden [B, p + L, d_model], attention_mask [B, p + L])``. Neuron hooks fire
-        as in :meth:`forward`; the vocabulary projection is skipped, so heads that read one
-        position (or pool) are cheaper this way. Encoder-decoder models return the encoder's.
+        Returns ``(hidden [B, p + L, d_model], layout)``; ``layout.attention_mask`` is the
+        full sequence's mask, ``layout.answer`` where ``placement`` reads the answer. Neuron
+        hooks fire as in :meth:`forward`; the vocabulary projection is skipped, so heads that
+        read one position (or pool) are cheaper this way. Encoder-decoder models return the
+        encoder's.
         """
         if len(batch) == 0:
             raise EmptyDataError("empty batch: there is nothing to run")
-        emb, mask, types = self.embed(batch, prompt)
+        emb, mask, types, layout = self._inputs(batch, prompt, placement)
         if embeds_require_grad:
             emb = emb.detach().requires_grad_(True)
         kwargs = {"inputs_embeds": emb, "attention_mask": mask}
@@ -293,9 +342,10 @@ class NeuronModel:
         base = self.hf_model.base_model
         if self.family.kind is ModelKind.ENCODER_DECODER:
             base = self.hf_model.get_encoder()
-        out = base(**kwargs)
+        with self._running(layout):
+            out = base(**kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return hidden, mask
+        return hidden, layout
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Apply the LM head to hidden states ``[..., d_model]`` (masked and causal LMs)."""

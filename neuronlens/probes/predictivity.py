@@ -1,19 +1,24 @@
 """Skill-neuron predictivity (Wang et al. 2022; robustness paper eqs. 2-5).
 
-For neuron ``N`` and prompt token ``p_i`` (activation ``a`` = FFN activation after the
-nonlinearity, read at the soft-prompt position ``i``):
+For neuron ``N`` and position ``i`` (activation ``a`` = FFN activation after the
+nonlinearity, read at the ``i``-th selected position; by default the soft-prompt positions,
+plus the position where the head reads its answer when that lies outside the prompt):
 
-* baseline ``a_bsl(N, p_i)``: mean over the **train** split of ``a(N, p_i, x)``;
-* accuracy ``Acc(N, p_i)``: fraction of **dev** examples with ``[a(N, p_i, x) > a_bsl] == y``;
-* predictivity ``Pred(N, p_i) = max(Acc, 1 - Acc)`` (inhibitory neurons count too);
-* over ``k`` prompts of different seeds: ``Pred(N) = mean_k max_i Pred(N, p_i)``.
+* baseline ``a_bsl(N, i)``: mean over the **train** split of ``a(N, i, x)``;
+* accuracy ``Acc(N, i)``: fraction of **dev** examples with ``[a(N, i, x) > a_bsl] == y``;
+* predictivity ``Pred(N, i) = max(Acc, 1 - Acc)`` (inhibitory neurons count too);
+* over ``k`` prompts of different seeds: ``Pred(N) = mean_k max_i Pred(N, i)``.
 
 Labels must be binary; a multi-class task is probed one class against the rest with an
 explicit ``one_vs_rest=c`` (``y = [label == c]``). The signed accuracy ``Acc`` at the best
-prompt token is kept in ``scores.extra["accuracy"]`` (> 0.5: excitatory, < 0.5: inhibitory),
-the baselines in ``scores.extra["baseline_k"]`` (``[p, width]`` per site), so a later call can
-reuse them for another dataset (``baselines=``: the adversarial variant uses the clean train
-baseline). Memory: sites x prompt tokens x neurons, whatever the data size.
+position is kept in ``scores.extra["accuracy"]`` (> 0.5: excitatory, < 0.5: inhibitory),
+the baselines in ``scores.extra["baseline_k"]`` (``[n positions, width]`` per site), so a later
+call can reuse them for another dataset (``baselines=``: the adversarial variant uses the
+clean train baseline). Memory: sites x positions x neurons, whatever the data size.
+
+A map that cannot rank anything is an error, never a ranking of noise: positions that
+cannot see the input (a soft prompt before the input of a causal LM), a selected position at
+which no neuron varies across the dev examples, or scores that are all the same.
 """
 
 from __future__ import annotations
@@ -22,63 +27,123 @@ from collections.abc import Sequence
 
 import torch
 
-from neuronlens.capture import CaptureData, PromptTokens, SiteBatch
-from neuronlens.errors import DataError, EmptyDataError, NeuronLensError, ShapeMismatchError
+from neuronlens.capture import (
+    AllTokens,
+    CaptureData,
+    PositionContext,
+    Positions,
+    PromptAndAnswer,
+    SiteBatch,
+    blind_positions,
+)
+from neuronlens.errors import (
+    DataError,
+    DegenerateScoresError,
+    EmptyDataError,
+    NeuronLensError,
+    ShapeMismatchError,
+)
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.probes.base import Probe, State, collect_state
 from neuronlens.probes.scores import NeuronScores
 
+#: a position "varies" when some neuron's std over the dev examples exceeds this share of the
+#: activations' scale there (float noise from batching is ~1e-7 of it)
+VARIES = 1e-5
 
-class BaselineProbe(Probe):
-    """Mean activation per prompt token: state ``sum [p, width]`` and ``count``."""
+_BLIND = (
+    "in a causal LM a soft prompt placed before the input is computed before the model has "
+    "seen the input, so its activations are the same for every example and predictivity "
+    "there is meaningless. Tune the prompt with readout='prompt' (the prompt follows the "
+    "input, and the answer is read at its last position), or pass positions=AnswerToken() "
+    "(the position where the head reads the answer) or positions=LastToken()"
+)
+
+
+def _add(state: State, key: str, value: torch.Tensor) -> None:
+    """Add ``value`` to ``state[key]``; the first batch fixes its shape."""
+    if key not in state:
+        state[key] = value.clone()
+        return
+    if state[key].shape != value.shape:
+        raise NeuronLensError(
+            "predictivity compares each selected position across examples, so its positions "
+            f"must pick the same number in every example (got {state[key].shape[0]}, then "
+            f"{value.shape[0]}): use PromptTokens(), AnswerToken(), PromptAndAnswer(), "
+            "LastToken() or Pooled(...)"
+        )
+    state[key] += value
+
+
+class _PositionProbe(Probe):
+    """Shared by the two predictivity passes: positions, and the check that they see the input."""
+
+    def __init__(self, positions: Positions) -> None:
+        if isinstance(positions, AllTokens):
+            raise NeuronLensError(
+                "predictivity compares each selected position across examples; AllTokens() "
+                "picks a different number per example. Pool them with "
+                "Pooled(AllTokens(include_prompt=False)), or use PromptTokens() / AnswerToken()"
+            )
+        self.positions = positions
+
+    def init_state(self, sites: Sequence[Site]) -> State:
+        self._first = sites[0].name
+        return {}  # shapes come with the first batch (the number of positions)
+
+    def check(self, sb: SiteBatch) -> None:
+        layout = sb.batch.layout
+        if sb.site.name != self._first or layout is None or sb.site.stack == "decoder_blocks":
+            return
+        idx, valid = self.positions.select(PositionContext(layout))
+        if bool(blind_positions(layout, idx, valid).any()):
+            raise NeuronLensError(f"positions {self.positions} cannot see the input: {_BLIND}")
+
+
+class BaselineProbe(_PositionProbe):
+    """Mean activation per selected position: state ``sum [n, width]`` and ``count [n]``."""
 
     name = "prompt_baseline"
-    positions = PromptTokens()
 
-    def __init__(self, n_tokens: int) -> None:
-        self.n_tokens = n_tokens
-
-    def init_state(self, sites: Sequence[Site]) -> State:
-        st = {
-            f"{s.name}/sum": torch.zeros(self.n_tokens, s.width, dtype=torch.float64) for s in sites
-        }
-        st["count"] = torch.zeros((), dtype=torch.float64)
-        self._first = sites[0].name
-        return st
+    def __init__(self, positions: Positions | None = None) -> None:
+        super().__init__(positions or PromptAndAnswer())
 
     def update(self, state: State, sb: SiteBatch) -> None:
-        state[f"{sb.site.name}/sum"] += sb.acts.double().sum(0).cpu()
-        if sb.site.name == self._first:
-            state["count"] += sb.acts.shape[0]
+        self.check(sb)
+        v = sb.valid.double()
+        _add(state, f"{sb.site.name}/sum", (sb.acts.double() * v.unsqueeze(-1)).sum(0).cpu())
+        _add(state, f"{sb.site.name}/count", v.sum(0).cpu())
 
 
-class NeuronAccuracyProbe(Probe):
-    """Counts, per prompt token and neuron, dev examples with ``[a > baseline] == y``."""
+class NeuronAccuracyProbe(_PositionProbe):
+    """Counts, per selected position and neuron, dev examples with ``[a > baseline] == y``;
+    also the sums that tell whether a position varies at all across examples."""
 
     name = "neuron_accuracy"
-    positions = PromptTokens()
 
-    def __init__(self, baseline: dict[str, torch.Tensor]) -> None:
+    def __init__(self, baseline: dict[str, torch.Tensor], positions: Positions | None = None):
+        super().__init__(positions or PromptAndAnswer())
         self.baseline = baseline
 
-    def init_state(self, sites: Sequence[Site]) -> State:
-        st = {
-            f"{s.name}/correct": torch.zeros_like(self.baseline[s.name], dtype=torch.int64)
-            for s in sites
-        }
-        st["count"] = torch.zeros((), dtype=torch.int64)
-        self._first = sites[0].name
-        return st
-
     def update(self, state: State, sb: SiteBatch) -> None:
-        y = sb.batch.labels.bool().view(-1, 1, 1)
+        self.check(sb)
         bsl = self.baseline[sb.site.name].to(sb.acts.device, sb.acts.dtype)
-        above = sb.acts > bsl.unsqueeze(0)
-        state[f"{sb.site.name}/correct"] += (above == y).sum(0).cpu()
-        if sb.site.name == self._first:
-            state["count"] += sb.acts.shape[0]
+        if bsl.shape != sb.acts.shape[1:]:
+            raise ShapeMismatchError(
+                f"site {sb.site.name}: the baselines are {list(bsl.shape)} (positions x "
+                f"neurons) but these positions give {list(sb.acts.shape[1:])}: reuse baselines "
+                "only with the positions and prompts they were computed with"
+            )
+        y = sb.batch.labels.bool().view(-1, 1, 1)
+        v = sb.valid.unsqueeze(-1)
+        a = sb.acts.double()
+        key = sb.site.name
+        _add(state, f"{key}/correct", (((sb.acts > bsl) == y) & v).sum(0).cpu())
+        _add(state, f"{key}/count", sb.valid.long().sum(0).cpu())
+        _add(state, f"{key}/sum", (a * v).sum(0).cpu())
+        _add(state, f"{key}/sumsq", (a * a * v).sum(0).cpu())
 
 
 def _labels(data, one_vs_rest: int | None) -> torch.Tensor:
@@ -94,6 +159,39 @@ def _labels(data, one_vs_rest: int | None) -> torch.Tensor:
     return labels
 
 
+def _counts(state: State, site: Site, what: str) -> torch.Tensor:
+    count = state[f"{site.name}/count"].double()
+    if bool((count == 0).any()):
+        bad = (count == 0).nonzero().flatten().tolist()
+        raise EmptyDataError(
+            f"selected positions {bad} hold no token in any {what} example (padding only)"
+        )
+    return count
+
+
+def _still_positions(state: State, sites: Sequence[Site]) -> list[int]:
+    """Selected positions at which no neuron of any site varies across the dev examples."""
+    varies = None
+    for s in sites:
+        n = _counts(state, s, "dev").unsqueeze(-1)
+        mean = state[f"{s.name}/sum"] / n
+        std = (state[f"{s.name}/sumsq"] / n - mean**2).clamp_min(0).sqrt()
+        scale = mean.abs().amax(-1, keepdim=True) + 1e-12
+        here = (std > VARIES * scale).any(-1)
+        varies = here if varies is None else varies | here
+    return (~varies).nonzero().flatten().tolist()
+
+
+def _baselines(model, probe_kwargs, pr, k, chosen, baselines, train_data, positions):
+    if baselines is not None:
+        key = f"baseline_{k}"
+        if key not in baselines.extra:
+            raise NeuronLensError(f"the given baselines hold no {key} (fewer prompts?)")
+        return {s.name: baselines.extra[key][s.name] for s in chosen}
+    st, _, _ = collect_state(model, BaselineProbe(positions), train_data, **probe_kwargs)
+    return {s.name: st[f"{s.name}/sum"] / _counts(st, s, "train").unsqueeze(-1) for s in chosen}
+
+
 def predictivity(
     model: NeuronModel,
     prompts,
@@ -103,6 +201,7 @@ def predictivity(
     train=None,
     baselines: NeuronScores | None = None,
     sites: SiteSpec | Sequence[SiteSpec] | None = None,
+    positions: Positions | None = None,
     one_vs_rest: int | None = None,
     batch_size: int = 32,
     max_length: int | None = 256,
@@ -117,8 +216,16 @@ def predictivity(
         dev: the split on which neuron accuracies are computed.
         train: the split whose mean activations are the baselines (needed unless
             ``baselines`` is given).
-        baselines: reuse the baselines of an earlier result (same prompts), e.g. the clean
-            train baseline for an adversarial dev set.
+        baselines: reuse the baselines of an earlier result (same prompts and positions),
+            e.g. the clean train baseline for an adversarial dev set.
+        positions: where activations are read, a :mod:`neuronlens.capture` selector that
+            picks the same number of positions in every example. Default
+            :class:`~neuronlens.capture.PromptAndAnswer`: the soft-prompt positions (which
+            hold the answer position with ``readout="prompt"``, as in the original code),
+            plus the answer position when the head reads it elsewhere.
+            :class:`~neuronlens.capture.AnswerToken` reads only where the head decides;
+            ``Pooled(AllTokens(include_prompt=False))`` where a pooled linear head reads.
+            Positions that cannot see the input are an error.
         one_vs_rest: for multi-class labels, the class probed against the rest.
     """
     from neuronlens.prompts.tuning import PromptResult, render_texts
@@ -126,8 +233,7 @@ def predictivity(
     prompts = [prompts] if isinstance(prompts, PromptResult) else list(prompts)
     if not prompts:
         raise NeuronLensError("predictivity needs at least one tuned prompt")
-    if any(p.n_tokens == 0 for p in prompts):
-        raise NeuronLensError("predictivity reads soft-prompt positions: the prompt has none")
+    positions = positions or PromptAndAnswer()
     if baselines is None and train is None:
         raise NeuronLensError("give train= (to compute baselines) or baselines= (to reuse them)")
     if len(dev) == 0 or (train is not None and len(train) == 0):
@@ -136,73 +242,66 @@ def predictivity(
         sites = [s for s in model.sites if s.stack == "encoder_blocks"]
     chosen = model.select_sites(sites)
     dev_labels = _labels(dev, one_vs_rest)
-    per_prompt_pred, per_prompt_acc, per_token, new_baselines = [], [], [], {}
+    per_prompt_pred, per_prompt_acc, per_position, new_baselines = [], [], [], {}
     for k, pr in enumerate(prompts):
         if pr.d_model != model.d_model:
             raise ShapeMismatchError(
                 f"prompt {k} has width {pr.d_model}, the model {model.d_model}"
             )
-        p = pr.n_tokens
+        pr.head.check_model(model)
 
         def fwd(enc, prompt, grads, head=pr.head):
             return head.class_logits(model, enc, prompt, embeds_require_grad=grads)
 
-        if baselines is not None:
-            key = f"baseline_{k}"
-            if key not in baselines.extra:
-                raise NeuronLensError(f"the given baselines hold no {key} (fewer prompts?)")
-            bsl = {s.name: baselines.extra[key][s.name] for s in chosen}
-            if any(b.shape != (p, s.width) for s, b in zip(chosen, bsl.values(), strict=True)):
-                raise ShapeMismatchError(
-                    "the given baselines do not match the prompts' length / sites"
-                )
-        else:
-            data = CaptureData(
-                texts=render_texts(model, pr.head, task, train), max_length=max_length
-            )
-            st, _, _ = collect_state(
-                model,
-                BaselineProbe(p),
-                data,
-                sites=chosen,
-                prompt=pr.prompt,
-                forward=fwd,
-                batch_size=batch_size,
-                progress=progress,
-            )
-            bsl = {s.name: st[f"{s.name}/sum"] / st["count"] for s in chosen}
-        new_baselines[f"baseline_{k}"] = bsl
-        data = CaptureData(
-            texts=render_texts(model, pr.head, task, dev), labels=dev_labels, max_length=max_length
-        )
-        st, _, n = collect_state(
-            model,
-            NeuronAccuracyProbe(bsl),
-            data,
+        kwargs = dict(
             sites=chosen,
-            prompt=pr.prompt,
+            prompt=pr.prompt if pr.n_tokens else None,
             forward=fwd,
             batch_size=batch_size,
             progress=progress,
         )
-        pred_k, acc_k, tok_k = {}, {}, {}
+        train_data = None
+        if baselines is None:
+            texts = render_texts(model, pr.head, task, train)
+            train_data = CaptureData(texts=texts, max_length=max_length)
+        bsl = _baselines(model, kwargs, pr, k, chosen, baselines, train_data, positions)
+        new_baselines[f"baseline_{k}"] = bsl
+        data = CaptureData(
+            texts=render_texts(model, pr.head, task, dev), labels=dev_labels, max_length=max_length
+        )
+        st, _, _ = collect_state(model, NeuronAccuracyProbe(bsl, positions), data, **kwargs)
+        still = _still_positions(st, chosen)
+        if still:
+            raise DegenerateScoresError(
+                f"prompt {k}: at selected positions {still} no neuron's activation varies "
+                f"across the {len(dev)} dev examples, so predictivity there would rank noise. "
+                f"If the model is a causal LM: {_BLIND}"
+            )
+        pred_k, acc_k, pos_k = {}, {}, {}
         for s in chosen:
-            acc = st[f"{s.name}/correct"].double() / st["count"].double()  # [p, width]
-            pred_tok = torch.maximum(acc, 1 - acc)
-            best = pred_tok.argmax(0)
-            pred_k[s.name] = pred_tok.max(0).values
+            acc = st[f"{s.name}/correct"].double() / _counts(st, s, "dev").unsqueeze(-1)
+            pred_pos = torch.maximum(acc, 1 - acc)  # [n positions, width]
+            best = pred_pos.argmax(0)
+            pred_k[s.name] = pred_pos.max(0).values
             acc_k[s.name] = acc.gather(0, best.unsqueeze(0)).squeeze(0)
-            tok_k[s.name] = pred_tok
+            pos_k[s.name] = pred_pos
         per_prompt_pred.append(pred_k)
         per_prompt_acc.append(acc_k)
-        per_token.append(tok_k)
+        per_position.append(pos_k)
 
     def mean(dicts):
         return {s.name: torch.stack([d[s.name] for d in dicts]).mean(0).float() for s in chosen}
 
-    same_p = len({pr.n_tokens for pr in prompts}) == 1
+    scores = mean(per_prompt_pred)
+    flat = torch.cat([scores[s.name] for s in chosen])
+    if bool((flat == flat[0]).all()):
+        raise DegenerateScoresError(
+            f"every one of the {flat.numel()} neurons has predictivity {float(flat[0]):.4f}: "
+            "the map ranks nothing (check the positions, the prompt and the labels)"
+        )
+    same_n = len({d[chosen[0].name].shape for d in per_position}) == 1
     return NeuronScores(
-        scores=mean(per_prompt_pred),
+        scores=scores,
         sites=chosen,
         method="predictivity",
         model=model.name,
@@ -212,12 +311,14 @@ def predictivity(
             "seeds": [pr.seed for pr in prompts],
             "n_prompts": len(prompts),
             "prompt_tokens": [pr.n_tokens for pr in prompts],
+            "readout": [pr.head.readout for pr in prompts],
+            "positions": repr(positions),
             "n_dev": len(dev),
             "n_train": None if train is None else len(train),
             "dev_split": getattr(dev, "split", None),
             "baseline_reused": baselines is not None,
             "one_vs_rest": one_vs_rest,
         },
-        per_token=mean(per_token) if same_p else None,
+        per_token=mean(per_position) if same_n else None,
         extra={"accuracy": mean(per_prompt_acc), **new_baselines},
     )

@@ -1,13 +1,34 @@
-"""How a prompted model answers a classification task: verbalizer or linear head.
+"""How a prompted model answers a classification task: verbalizer or linear head, and where.
 
-* :class:`Verbalizer` - logits of one label word per class, read where the model answers:
-  at the mask token (masked LM), at the first decoder step (T5), or for the next token after
-  the input (causal LM). Needs a trained LM head.
-* :class:`LinearHead` - a linear layer on the mean-pooled last hidden state of the input
-  tokens; for encoders shipped without an LM head (sentence-embedding BERTs such as
-  all-MiniLM-L6-v2), and usable on any model.
+* :class:`Verbalizer` - logits of one label word per class. Needs a trained LM head.
+* :class:`LinearHead` - a linear layer on the last hidden state; for encoders shipped
+  without an LM head (sentence-embedding BERTs such as all-MiniLM-L6-v2), usable on any model.
 
-A head also decides how a task's template is rendered for the model (:meth:`render`).
+Where the answer is read is the head's ``readout`` (the original skill-neuron code reads it
+inside the soft prompt, so the prompt positions include the position where the decision
+forms):
+
+============ ================================================ ===============================
+readout      verbalizer                                       linear head
+============ ================================================ ===============================
+``"prompt"`` masked LM: the mask token's embedding is prompt   the last hidden state at prompt
+             position 0, read there; causal LM: the prompt    position 0 (causal LM: the
+             follows the input, next-token logits at its      prompt follows the input, read
+             last position; T5: encoder prompt, first         at its last position)
+             decoder step
+``"mask"``   masked LM: at the template's mask after the text
+``"last"``   causal LM: prompt before the input, next-token
+             logits after the input's last token
+``"pool"``                                                    mean of the input tokens' last
+                                                              hidden states (``pool="all"``:
+                                                              prompt positions too)
+============ ================================================ ===============================
+
+``readout="auto"``: ``"prompt"`` on causal LMs and T5 (in a causal LM a prompt before the
+input is computed before the model has seen the input, so its positions cannot carry skill
+neurons), ``"mask"`` for masked-LM verbalizers, ``"pool"`` for linear heads elsewhere.
+
+A head also decides how a task's template is rendered for the model (:meth:`Head.render`).
 """
 
 from __future__ import annotations
@@ -21,23 +42,53 @@ from torch import Tensor, nn
 
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
 from neuronlens.models.families import ModelKind
+from neuronlens.models.layout import Layout, Placement
 from neuronlens.models.model import Encoded, NeuronModel
 
 _MARK = "\x00"
+
+#: the readouts each head allows on each kind of model (the first is ``"auto"``'s choice)
+VERBALIZER_READOUTS = {
+    ModelKind.MASKED_LM: ("mask", "prompt"),
+    ModelKind.CAUSAL_LM: ("prompt", "last"),
+    ModelKind.ENCODER_DECODER: ("prompt",),
+}
+LINEAR_READOUTS = ("pool", "prompt")
 
 
 def _answer_suffix_is_empty(suffix: str) -> bool:
     return re.sub(r"[\s.!?,;:]", "", suffix) == ""
 
 
+def _plain(model: NeuronModel, text: str, text_b: str | None) -> str:
+    """The input alone (a second text after the tokenizer's separator)."""
+    return text if text_b is None else f"{text} {model.tokenizer.sep_token or '|'} {text_b}"
+
+
 class Head(nn.Module):
-    """Base class: ``class_logits(model, batch, prompt) -> [B, n_classes]``."""
+    """Base class: ``class_logits(model, batch, prompt) -> [B, n_classes]``.
+
+    ``readout`` says where the answer is read (see the module docstring); ``placement(model)``
+    where the soft prompt goes and which position is the answer.
+    """
 
     kind: str = ""
+    readout: str = ""
     n_classes: int
 
     def render(self, model: NeuronModel, task, text: str, text_b: str | None) -> str:
         raise NotImplementedError
+
+    def placement(self, model: NeuronModel) -> Placement:
+        raise NotImplementedError
+
+    def fixed_rows(self, model: NeuronModel) -> Tensor:
+        """``[k, d_model]`` rows the soft prompt starts with that are not trained (a masked
+        LM's mask embedding for ``readout="prompt"``); ``k = 0`` for most heads."""
+        return model.input_embeddings.weight[:0].detach()
+
+    def check_model(self, model: NeuronModel) -> None:
+        """Raise unless this head can run on ``model`` (kind, readout)."""
 
     def trainable_copy(self) -> Head:
         """A copy whose parameters require grad (the heads of tuned results are frozen):
@@ -57,15 +108,24 @@ class Head(nn.Module):
 
 
 class Verbalizer(Head):
-    """Label-word logits: one single-token word per class (``words``)."""
+    """Label-word logits: one single-token word per class (``words``), read at ``readout``."""
 
     kind = "verbalizer"
 
-    def __init__(self, model: NeuronModel, words: Sequence[str]) -> None:
+    def __init__(self, model: NeuronModel, words: Sequence[str], readout: str = "auto") -> None:
         super().__init__()
         model.require_lm_head()
-        if model.kind not in (ModelKind.MASKED_LM, ModelKind.CAUSAL_LM, ModelKind.ENCODER_DECODER):
+        if model.kind not in VERBALIZER_READOUTS:
             raise NeuronLensError(f"a verbalizer needs an LM; {model.name} is {model.kind.value}")
+        allowed = VERBALIZER_READOUTS[model.kind]
+        readout = allowed[0] if readout == "auto" else readout
+        if readout not in allowed:
+            raise NeuronLensError(
+                f"a verbalizer on a {model.kind.value} model reads its answer at one of "
+                f"{list(allowed)} (or 'auto'), not {readout!r}"
+            )
+        self.readout = readout
+        self.model_kind = model.kind
         self.words = tuple(words)
         self.n_classes = len(self.words)
         ids = [label_word_id(model, w) for w in self.words]
@@ -73,8 +133,33 @@ class Verbalizer(Head):
             raise NeuronLensError(f"label words {self.words} map to the same token ids {ids}")
         self.register_buffer("token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
 
+    def check_model(self, model: NeuronModel) -> None:
+        if model.kind is not self.model_kind:
+            raise NeuronLensError(
+                f"this verbalizer reads a {self.model_kind.value} model's answer "
+                f"(readout {self.readout!r}); {model.name} is a {model.kind.value} model"
+            )
+
+    def placement(self, model: NeuronModel) -> Placement:
+        self.check_model(model)
+        if model.kind is ModelKind.ENCODER_DECODER:
+            return Placement()
+        if model.kind is ModelKind.MASKED_LM:
+            return Placement(answer="prompt_first" if self.readout == "prompt" else "mask")
+        if self.readout == "prompt":
+            return Placement(after_input=True, answer="prompt_last")
+        return Placement(answer="last")
+
+    def fixed_rows(self, model: NeuronModel) -> Tensor:
+        if model.kind is ModelKind.MASKED_LM and self.readout == "prompt":
+            mask_id = torch.tensor([model.tokenizer.mask_token_id], device=model.device)
+            return model.input_embeddings(mask_id).detach()
+        return super().fixed_rows(model)
+
     def render(self, model: NeuronModel, task, text: str, text_b: str | None) -> str:
         if model.kind is ModelKind.MASKED_LM:
+            if self.readout == "prompt":  # the mask is prompt position 0: the input alone
+                return _plain(model, text, text_b)
             return task.render(text, text_b, mask_token=model.tokenizer.mask_token)
         full = task.render(text, text_b, mask_token=_MARK)
         if _MARK not in full:
@@ -96,46 +181,53 @@ class Verbalizer(Head):
         *,
         embeds_require_grad: bool = False,
     ) -> Tensor:
-        p = 0 if prompt is None else prompt.shape[0]
+        placement = self.placement(model)
         if model.kind is ModelKind.ENCODER_DECODER:
             logits = model.forward(batch, prompt=prompt, embeds_require_grad=embeds_require_grad)
             return logits[:, 0, self.token_ids]
-        hidden, mask = model.hidden_states(
-            batch, prompt=prompt, embeds_require_grad=embeds_require_grad
+        hidden, layout = model.hidden_states(
+            batch, prompt=prompt, placement=placement, embeds_require_grad=embeds_require_grad
         )
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        if model.kind is ModelKind.MASKED_LM:
-            hits = batch.input_ids == model.tokenizer.mask_token_id
-            if not bool((hits.sum(1) == 1).all()):
-                raise NeuronLensError(
-                    "each input needs exactly one mask token for a masked-LM verbalizer"
-                )
-            pos = hits.float().argmax(1) + p
-        else:
-            pos = mask.sum(1) - 1  # last non-padding token (right padding)
-        return model.lm_logits(hidden[rows, pos])[:, self.token_ids]
+        return model.lm_logits(hidden[rows, layout.answer])[:, self.token_ids]
 
 
 class LinearHead(Head):
-    """``Linear(d_model, n_classes)`` on the mean of the last hidden state.
+    """``Linear(d_model, n_classes)`` on the last hidden state, read at ``readout``.
 
-    ``pool="input"`` (default) averages over the input tokens, ``pool="all"`` over every
-    non-padding position, soft-prompt positions included (on MiniLM / SST-2 "input" was
-    2.5 points better on GLUE dev).
+    ``readout="pool"`` (default): the mean over the input tokens (``pool="input"``) or over
+    every non-padding position, soft-prompt positions included (``pool="all"``);
+    ``readout="prompt"``: the hidden state at the first soft-prompt position (on a causal LM
+    the prompt follows the input and is read at its last position).
     """
 
     kind = "linear"
 
-    def __init__(self, d_model: int, n_classes: int, pool: str = "input") -> None:
+    def __init__(
+        self, d_model: int, n_classes: int, pool: str = "input", readout: str = "pool"
+    ) -> None:
         super().__init__()
         if pool not in ("all", "input"):
             raise NeuronLensError(f"pool must be 'all' or 'input', got {pool!r}")
+        if readout not in LINEAR_READOUTS:
+            raise NeuronLensError(
+                f"a linear head reads {list(LINEAR_READOUTS)} (or 'auto' in tune_prompt), "
+                f"not {readout!r}"
+            )
         self.n_classes = n_classes
         self.pool = pool
+        self.readout = readout
         self.linear = nn.Linear(d_model, n_classes)
 
     def render(self, model: NeuronModel, task, text: str, text_b: str | None) -> str:
-        return text if text_b is None else f"{text} {model.tokenizer.sep_token or '|'} {text_b}"
+        return _plain(model, text, text_b)
+
+    def placement(self, model: NeuronModel) -> Placement:
+        if self.readout == "pool":
+            return Placement()
+        if model.kind is ModelKind.CAUSAL_LM:
+            return Placement(after_input=True, answer="prompt_last")
+        return Placement(answer="prompt_first")
 
     def class_logits(
         self,
@@ -157,9 +249,12 @@ class LinearHead(Head):
         *,
         embeds_require_grad: bool = False,
     ) -> Tensor:
-        """``[B, d_model]``: the mean-pooled last hidden state this head reads."""
-        hidden, mask = model.hidden_states(
-            batch, prompt=prompt, embeds_require_grad=embeds_require_grad
+        """``[B, d_model]``: the (pooled) last hidden state this head reads."""
+        hidden, layout = model.hidden_states(
+            batch,
+            prompt=prompt,
+            placement=self.placement(model),
+            embeds_require_grad=embeds_require_grad,
         )
         if hidden.shape[-1] != self.linear.in_features:
             raise ShapeMismatchError(
@@ -167,9 +262,21 @@ class LinearHead(Head):
                 f"{model.name} has d_model {hidden.shape[-1]}: use a head made for this model "
                 "(head='linear', or the head of a prompt tuned on it)"
             )
-        p = 0 if prompt is None or self.pool == "all" else prompt.shape[0]
-        hidden, mask = hidden[:, p:], mask[:, p:].to(hidden.dtype)
-        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        if self.readout == "prompt":
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return hidden[rows, layout.answer]
+        return _mean_pool(hidden, layout, self.pool == "all")
+
+
+def _mean_pool(hidden: Tensor, layout: Layout, with_prompt: bool) -> Tensor:
+    mask = layout.attention_mask.bool()
+    if not with_prompt and layout.n_prompt:
+        mask = mask & ~layout.prompt_mask()
+    if not layout.after_input and not with_prompt:  # the prompt is a prefix: slice it off
+        p = layout.n_prompt
+        hidden, mask = hidden[:, p:], mask[:, p:]
+    mask = mask.to(hidden.dtype)
+    return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
 
 
 def label_word_id(model: NeuronModel, word: str) -> int:
@@ -186,15 +293,24 @@ def label_word_id(model: NeuronModel, word: str) -> int:
     )
 
 
-def make_head(model: NeuronModel, head: str | Head, task) -> Head:
+def make_head(model: NeuronModel, head: str | Head, task, readout: str = "auto") -> Head:
     """``"auto"`` (verbalizer when the model has a trained LM head, else linear),
-    ``"verbalizer"``, ``"linear"``, or a ready :class:`Head`."""
+    ``"verbalizer"``, ``"linear"``, or a ready :class:`Head` (whose readout must then agree
+    with ``readout`` unless that is ``"auto"``)."""
     if isinstance(head, Head):
+        head.check_model(model)
+        if readout not in ("auto", head.readout):
+            raise NeuronLensError(
+                f"the given {head.kind} head reads its answer at {head.readout!r}, but "
+                f"readout={readout!r} was asked for: pass one or the other"
+            )
         return head
     if head == "auto":
         head = "linear" if model.kind is ModelKind.ENCODER else "verbalizer"
     if head == "verbalizer":
-        return Verbalizer(model, task.verbalizer)
+        return Verbalizer(model, task.verbalizer, readout=readout)
     if head == "linear":
-        return LinearHead(model.d_model, task.num_labels)
+        if readout == "auto":
+            readout = "prompt" if model.kind is ModelKind.CAUSAL_LM else "pool"
+        return LinearHead(model.d_model, task.num_labels, readout=readout)
     raise NeuronLensError(f"unknown head {head!r}: use 'auto', 'verbalizer' or 'linear'")

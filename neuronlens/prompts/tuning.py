@@ -82,6 +82,7 @@ class PromptResult:
             "head": self.head.kind,
             "verbalizer": list(self.head.words) if isinstance(self.head, Verbalizer) else None,
             "pool": self.head.pool if isinstance(self.head, LinearHead) else None,
+            "readout": self.head.readout,
             "task": self.task,
             "label_space": self.label_space,
             "label_names": list(self.label_names),
@@ -100,8 +101,14 @@ class PromptResult:
         return str(save_result(path, tensors, self.metadata(), kind="soft_prompt"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: NeuronModel) -> PromptResult:
-        """Load a saved prompt for ``model``; a model of another hidden size or kind is an error."""
+    def load(
+        cls, path: str | os.PathLike, model: NeuronModel, *, readout: str | None = None
+    ) -> PromptResult:
+        """Load a saved prompt for ``model``.
+
+        A model of another hidden size or kind, or a ``readout`` other than the one the
+        prompt was tuned with (when given), is an error. Files saved before readouts were
+        recorded load with the readout they were tuned with (mask / last / pool)."""
         tensors, meta = load_result(path, kind="soft_prompt")
         if meta["hidden_size"] != model.d_model:
             raise ShapeMismatchError(
@@ -113,15 +120,23 @@ class PromptResult:
                 f"{path}: a verbalizer prompt of a {meta['model_kind']} model cannot run on "
                 f"{model.name}, a {model.kind.value} model"
             )
+        saved = meta.get("readout") or _legacy_readout(meta)
+        if readout is not None and readout != saved:
+            raise NeuronLensError(
+                f"{path}: the prompt was tuned with readout {saved!r}, not {readout!r}; a "
+                "prompt only means something where it was trained to be read: load it without "
+                "readout= or tune one for that readout"
+            )
         if meta["head"] == "linear":
             head: Head = LinearHead(
-                model.d_model, len(meta["label_names"]), meta.get("pool") or "input"
+                model.d_model, len(meta["label_names"]), meta.get("pool") or "input", saved
             )
             with torch.no_grad():
                 head.linear.weight.copy_(tensors["head.weight"])
                 head.linear.bias.copy_(tensors["head.bias"])
         else:
-            head = Verbalizer(model, meta["verbalizer"])
+            head = Verbalizer(model, meta["verbalizer"], readout=saved)
+        head.requires_grad_(False)
         return cls(
             prompt=tensors["prompt"].to(model.device, model.dtype),
             head=head.to(model.device),
@@ -135,6 +150,13 @@ class PromptResult:
             history=meta["history"],
             train_size=meta.get("train_size", 0),
         )
+
+
+def _legacy_readout(meta: dict) -> str:
+    """The readout of a prompt saved before readouts were recorded (the placements then)."""
+    if meta["head"] == "linear":
+        return "pool"
+    return {"masked_lm": "mask", "causal_lm": "last"}.get(meta["model_kind"], "prompt")
 
 
 # ---------------------------------------------------------------------------- running
@@ -231,6 +253,7 @@ def evaluate(
         raise NeuronLensError(
             "evaluate without a prompt needs head= (e.g. Verbalizer(model, words))"
         )
+    head.check_model(model)
     enc = encode_task(model, head, task, data, max_length=max_length)
     prompt = None if tuned is None or tuned.n_tokens == 0 else tuned.prompt
     n_prompt = 0 if prompt is None else prompt.shape[0]
@@ -328,6 +351,7 @@ def tune_prompt(
     train=None,
     validation=None,
     head: str | Head = "auto",
+    readout: str = "auto",
     n_tokens: int = DEFAULT_TOKENS,
     init: Tensor | None = None,
     epochs: float = 1.0,
@@ -366,6 +390,12 @@ def tune_prompt(
             the probe (on MiniLM / SST-2, GLUE dev: 81.3 % and 82.5 % for seeds 0 and 1,
             the probe alone 79.6 %, validated on sentences split off by
             :func:`~neuronlens.tasks.sentence_disjoint_split`).
+        readout: where the head reads the answer (:mod:`neuronlens.prompts.heads`):
+            ``"prompt"`` (at a soft-prompt position, as the original skill-neuron code does;
+            on a masked LM prompt position 0 is then the mask token's embedding and is not
+            trained; on a causal LM the prompt follows the input), ``"mask"``, ``"last"``,
+            ``"pool"``, or ``"auto"`` (``"prompt"`` on causal LMs and T5). The result records
+            it, and every later call reads the answer there.
         n_tokens: prompt length ``p`` (100 in the robustness paper, 20 for SKELETON / SKIP);
             0 with a linear head trains the head alone by AdamW (:func:`fit_linear_probe`
             fits that baseline to the optimum).
@@ -403,15 +433,34 @@ def tune_prompt(
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # linear-head initialisation
-        hd = make_head(model, head, task).to(model.device)
+        hd = make_head(model, head, task, readout).to(model.device)
     if hd.n_classes != task.num_labels:
         raise ShapeMismatchError(
             f"head has {hd.n_classes} classes, task {task.name!r} has {task.num_labels}"
         )
-    prompt = init.detach().clone() if init is not None else init_prompt(model, n_tokens, seed=seed)
-    if prompt.shape[1] != model.d_model:
-        raise ShapeMismatchError(f"init prompt has width {prompt.shape[1]}, model {model.d_model}")
-    prompt = torch.nn.Parameter(prompt.to(model.device, model.dtype))
+    start = init.detach().clone() if init is not None else init_prompt(model, n_tokens, seed=seed)
+    if start.dim() != 2 or start.shape[1] != model.d_model:
+        raise ShapeMismatchError(
+            f"init prompt must be [n_tokens, {model.d_model}], got {list(start.shape)}"
+        )
+    start = start.to(model.device, model.dtype)
+    # rows the prompt starts with that stay fixed (a masked LM's mask embedding, readout
+    # "prompt"); only the rest trains
+    fixed = hd.fixed_rows(model).to(start)
+    if hd.readout == "prompt" and start.shape[0] == 0:
+        raise NeuronLensError(
+            "readout 'prompt' reads the answer at a soft-prompt position: n_tokens must be >= 1"
+        )
+    if len(fixed) and start.shape[0] <= len(fixed):
+        raise NeuronLensError(
+            f"readout {hd.readout!r} puts {len(fixed)} fixed token(s) at the start of the "
+            f"prompt: n_tokens must be at least {len(fixed) + 1}, got {start.shape[0]}"
+        )
+    prompt = torch.nn.Parameter(start[len(fixed) :].clone())
+
+    def whole(trainable: Tensor) -> Tensor:
+        return torch.cat([fixed, trainable]) if len(fixed) else trainable
+
     groups = [{"params": [prompt], "lr": lr}] if prompt.shape[0] else []
     head_params = [p for p in hd.parameters() if p.requires_grad]
     if head_params:
@@ -444,7 +493,7 @@ def tune_prompt(
     )
 
     def val_accuracy() -> float:
-        logits = class_logits(model, avg_head, avg_prompt.detach(), enc_val)
+        logits = class_logits(model, avg_head, whole(avg_prompt.detach()), enc_val)
         return float((logits.argmax(-1).cpu() == torch.tensor(validation.labels)).float().mean())
 
     best_acc, best_state, bad, history, losses = -1.0, None, 0, [], []
@@ -462,7 +511,7 @@ def tune_prompt(
                 order, cursor = torch.randperm(len(train), generator=gen), 0
             rows = order[cursor : cursor + batch_size].to(model.device)
             cursor += batch_size
-            logits = hd.class_logits(model, enc_train[rows], prompt)
+            logits = hd.class_logits(model, enc_train[rows], whole(prompt))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows])
             if not torch.isfinite(loss):
                 raise NeuronLensError(
@@ -517,7 +566,7 @@ def tune_prompt(
         )
     hd.requires_grad_(False)
     return PromptResult(
-        prompt=prompt.detach(),
+        prompt=whole(prompt.detach()),
         head=hd,
         task=task.name,
         label_space=task.label_space,
