@@ -1,7 +1,8 @@
 """Whole studies from a config: prompt tuning, predictivity, suppression, pruning, a report.
 
 A study runs these steps, saving each step's artifacts in the output folder; a finished step
-is loaded, not recomputed, when the study is run again (``resume``):
+is loaded, not recomputed, when the study is run again (``resume``), unless a step whose
+results it uses was recomputed (``DEPENDS``):
 
 1. ``prompts``: tune one soft prompt per seed (``prompts/seed{k}.safetensors``);
 2. ``predictivity``: skill-neuron predictivity over every FFN neuron (``predictivity``);
@@ -31,6 +32,10 @@ Config (TOML; every field optional except ``model`` and ``task``)::
     epochs = 1.0
     suppression_percents = [0, 1, 5, 10]
     random_repeats = 2
+    positions = "auto"          # where predictivity reads: "prompt" (soft-prompt positions
+                                # and the answer), "answer", "pooled" (input tokens); "auto":
+                                # "pooled" for a pooled linear head, "answer" where a causal
+                                # LM's prompt precedes the input, else "prompt"
     per_layer = true            # top neurons per layer (both original implementations)
     ablation = "zero"           # "zero", "mean" (train mean over all positions), "noise"
     prune_keep = 0.5
@@ -47,9 +52,16 @@ from pathlib import Path
 from neuronlens.errors import NeuronLensError
 
 STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
+#: the steps whose results each step uses: recomputing one recomputes these
+DEPENDS = {
+    "predictivity": {"prompts"},
+    "suppression": {"prompts", "predictivity"},
+    "pruning": {"prompts"},
+}
 VALIDATION = ("auto", "split", "sentences", "none")
 READOUTS = ("auto", "prompt", "mask", "last", "pool")
 ABLATIONS = ("zero", "mean", "noise")
+POSITIONS = ("auto", "prompt", "answer", "pooled")
 #: validation examples drawn for early stopping (at most; fewer when ``eval_size`` is smaller)
 MAX_VAL = 300
 
@@ -76,6 +88,7 @@ _TYPES = {
     "suppression_percents": list,
     "random_repeats": int,
     "per_layer": bool,
+    "positions": str,
     "ablation": str,
     "prune_keep": (int, float),
     "retrain_steps": int,
@@ -103,6 +116,7 @@ class StudyConfig:
     suppression_percents: list[float] = field(default_factory=lambda: [0, 1, 5, 10])
     random_repeats: int = 2
     per_layer: bool = True
+    positions: str = "auto"
     ablation: str = "zero"
     prune_keep: float = 0.5
     retrain_steps: int = 30
@@ -121,6 +135,10 @@ class StudyConfig:
         if self.readout not in READOUTS:
             raise ConfigError(
                 f"config field 'readout' must be one of {list(READOUTS)}, got {self.readout!r}"
+            )
+        if self.positions not in POSITIONS:
+            raise ConfigError(
+                f"config field 'positions' must be one of {list(POSITIONS)}, got {self.positions!r}"
             )
         if self.ablation not in ABLATIONS:
             raise ConfigError(
@@ -236,6 +254,24 @@ def study_data(cfg: StudyConfig, task) -> tuple:
     return full.subset(cfg.train_size, seed=0), val, how
 
 
+def study_positions(cfg: StudyConfig, model, head):
+    """The positions predictivity reads (``cfg.positions``; ``"auto"``: the soft-prompt
+    positions with the answer position, but only the answer where a causal LM's prompt
+    precedes the input, and the pooled input tokens for a pooled linear head)."""
+    from neuronlens.capture import AnswerToken, Pooled, PromptAndAnswer
+    from neuronlens.models import ModelKind
+
+    how = cfg.positions
+    if how == "auto":
+        if head.readout == "pool":
+            how = "pooled"
+        elif model.kind is ModelKind.CAUSAL_LM and head.readout != "prompt":
+            how = "answer"
+        else:
+            how = "prompt"
+    return {"prompt": PromptAndAnswer(), "answer": AnswerToken(), "pooled": Pooled()}[how]
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``."""
     from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
@@ -268,7 +304,15 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
         "steps": {},
     }
 
+    computed: set[str] = set()
+
+    def reuse(step: str) -> bool:
+        """Whether a saved result of ``step`` may be loaded: none of its inputs was recomputed."""
+        return resume and not (DEPENDS[step] & computed)
+
     def done(step: str, seconds: float, loaded: bool) -> None:
+        if not loaded:
+            computed.add(step)
         summary["steps"][step] = {"seconds": round(seconds, 1), "loaded": loaded}
         log(f"[{step}] {'loaded' if loaded else 'done'} in {seconds:.1f} s")
 
@@ -309,12 +353,18 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     t0 = time.perf_counter()
     pred_path = out / "predictivity"
     binary = task.num_labels == 2
-    if resume and pred_path.with_suffix(".safetensors").is_file():
+    if reuse("predictivity") and pred_path.with_suffix(".safetensors").is_file():
         skill = NeuronScores.load(pred_path, model)
         done("predictivity", time.perf_counter() - t0, True)
     else:
         skill = predictivity(
-            model, prompts, task, evald, train=train, one_vs_rest=None if binary else 0
+            model,
+            prompts,
+            task,
+            evald,
+            train=train,
+            positions=study_positions(cfg, model, prompts[0].head),
+            one_vs_rest=None if binary else 0,
         )
         skill.save(pred_path)
         done("predictivity", time.perf_counter() - t0, False)
@@ -329,7 +379,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     t0 = time.perf_counter()
     sup_path = out / "suppression.json"
     curve = None
-    if resume and sup_path.is_file():
+    if reuse("suppression") and sup_path.is_file():
         try:
             curve = SuppressionCurve(**json.loads(sup_path.read_text()))
         except (TypeError, ValueError):
@@ -357,7 +407,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     # 4. pruning
     t0 = time.perf_counter()
     prune_json = out / "pruning.json"
-    if resume and prune_json.is_file() and (out / "pruned").is_dir():
+    if reuse("pruning") and prune_json.is_file() and (out / "pruned").is_dir():
         pruning = json.loads(prune_json.read_text())
         load_pruned(out / "pruned")  # the saved model loads
         done("pruning", time.perf_counter() - t0, True)

@@ -84,6 +84,10 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
         (CONFIG.replace("prune_keep = 0.5", "prune_keep = 1.5"), "prune_keep"),
         (CONFIG.replace("n_tokens = 3", "n_tokens = 0"), "n_tokens"),
         (CONFIG + '\nvalidation = "heldout"', "validation"),
+        (CONFIG + '\nreadout = "cls"', "readout"),
+        (CONFIG + '\nablation = "shuffle"', "ablation"),
+        (CONFIG + "\nper_layer = 1", "per_layer"),
+        (CONFIG + '\npositions = "all"', "positions"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, capsys, text, field):
@@ -250,3 +254,30 @@ def test_report_renders_in_headless_chromium(tmp_path):
         timeout=180,
     )
     assert shot.is_file() and _png_pixels_vary(shot)
+
+
+def test_study_reads_the_answer_where_the_config_says(tmp_path, capsys):
+    """readout, per-layer selection and the ablation reach the prompts and the curve; a
+    resumed study re-tunes prompts of another readout instead of loading them."""
+    text = CONFIG.replace('model = "tiny:bert"', 'model = "tiny:gpt2"').replace(
+        "seeds = [0, 1]", "seeds = [0]"
+    )
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(text + '\nablation = "mean"\n')
+    out = tmp_path / "out"
+    assert main(["study", str(cfg), "--out", str(out)]) == 0
+    from neuronlens.prompts import PromptResult
+    from neuronlens.study import load_study_model
+
+    model = load_study_model("tiny:gpt2")
+    assert PromptResult.load(out / "prompts" / "seed0", model).head.readout == "prompt"
+    curve = json.loads((out / "suppression.json").read_text())
+    assert curve["per_layer"] and curve["ablation"] == "mean-replaced"
+    cfg.write_text(text + '\nreadout = "last"\n')
+    capsys.readouterr()
+    assert main(["study", str(cfg), "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "re-tuning" in log and "[predictivity] done" in log  # not the stale map
+    assert PromptResult.load(out / "prompts" / "seed0", model).head.readout == "last"
+    summary = json.loads((out / "summary.json").read_text())
+    assert not any(s["loaded"] for s in summary["steps"].values())

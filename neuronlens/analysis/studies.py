@@ -76,7 +76,8 @@ class Ablation:
       training data, run with the prompt (``stats``, from :func:`prompt_activation_stats`);
     * ``"noise"`` - gaussian noise of absolute ``std`` (default 0.1), one draw per example and
       neuron added at every position (``per="example"``; the original skill-neuron code) or
-      a fresh draw per token (``per="token"``).
+      a fresh draw per token (``per="token"``); ``relative=True``: ``std`` times each
+      neuron's own standard deviation (``stats.std``), comparable across models.
 
     ``positions``: ``"all"`` (as both original implementations), ``"prompt"`` or ``"input"``.
     """
@@ -85,15 +86,17 @@ class Ablation:
     std: float = 0.1
     per: str = "example"
     positions: str = "all"
+    relative: bool = False
     stats: ActivationStats | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ABLATIONS:
             raise NeuronLensError(f"ablation must be one of {ABLATIONS}, got {self.kind!r}")
-        if self.kind == "mean" and self.stats is None:
+        if (self.kind == "mean" or self.relative) and self.stats is None:
             raise NeuronLensError(
-                "a mean ablation needs the mean activations: Ablation('mean', stats="
-                "prompt_activation_stats(model, tuned, task, train)), or pass train= to the study"
+                f"a {'mean' if self.kind == 'mean' else 'relative noise'} ablation needs the "
+                "activation statistics: Ablation(..., stats=prompt_activation_stats(model, "
+                "tuned, task, train)), or pass train= to the study"
             )
 
     def __call__(self, neurons: NeuronSet, seed: int = 0) -> Intervention:
@@ -102,11 +105,13 @@ class Ablation:
             return Zero(neurons, self.positions)
         if self.kind == "mean":
             return Replace(neurons, self.positions, values=self.stats.mean)
-        return Noise(neurons, self.positions, std=self.std, seed=seed, per=self.per)
+        scale = self.stats.std if self.relative else None
+        return Noise(neurons, self.positions, std=self.std, scale=scale, seed=seed, per=self.per)
 
     def describe(self) -> str:
         if self.kind == "noise":
-            return f"noise (std {self.std}, per {self.per})"
+            size = f"{self.std} x the neuron's std" if self.relative else f"{self.std}"
+            return f"noise (std {size}, per {self.per})"
         return {"zero": "zeroed", "mean": "mean-replaced"}[self.kind]
 
 
