@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
+from neuronlens.study import DEMO, StudyConfig, run_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     study.add_argument("--fresh", action="store_true", help="recompute every step (no resume)")
     args = parser.parse_args(argv)
-
-    from dataclasses import replace
-    from pathlib import Path
-
-    from neuronlens.study import DEMO, StudyConfig, run_study
 
     try:
         if args.command == "demo":

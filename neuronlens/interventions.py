@@ -36,7 +36,7 @@ from neuronlens.capture import SiteBatch, capture
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
 from neuronlens.models.layout import Layout, make_layout
 from neuronlens.models.model import NeuronModel
-from neuronlens.probes.scores import NeuronSet
+from neuronlens.neurons import NeuronSet
 
 POSITIONS = ("all", "prompt", "input")
 NOISE_PER = ("token", "example")

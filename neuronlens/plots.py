@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.probes.scores import NeuronScores
+from neuronlens.neurons import NeuronScores
 
 MAX_COLUMNS = 1024
 

@@ -49,7 +49,24 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import neuronlens as nl
+from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
+from neuronlens.capture import AnswerToken, Pooled, PromptAndAnswer
 from neuronlens.errors import NeuronLensError
+from neuronlens.models import ModelKind
+from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
+from neuronlens.plots import neuron_heatmap
+from neuronlens.probes import NeuronScores, attribute, predictivity
+from neuronlens.prompts import PromptResult, evaluate, tune_prompt
+from neuronlens.prompts.heads import make_head
+from neuronlens.pruning import (
+    interleaved_latency,
+    keep_top,
+    load_pruned,
+    retrain_prompt,
+    save_pruned,
+)
+from neuronlens.tasks import get_task, sentence_disjoint_split
 
 STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
 #: the steps whose results each step uses: recomputing one recomputes these
@@ -203,15 +220,11 @@ DEMO = StudyConfig(
 
 
 def load_study_model(name: str):
-    import neuronlens as nl
-
     if name == "minilm":
         return nl.load_minilm()
     if name == "smollm2":
         return nl.load_smollm2()
     if name.startswith("tiny:"):  # tiny random model for quick checks, e.g. "tiny:bert"
-        from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
-
         return nl.load_model(
             tiny_hf_model(name[5:], d_model=32, heads=4, d_mlp=48), tiny_tokenizer(), name=name
         )
@@ -226,8 +239,6 @@ def study_data(cfg: StudyConfig, task) -> tuple:
     ``"sentences"`` the validation sentences and their phrases are removed from the training
     data before ``train_size`` examples are drawn.
     """
-    from neuronlens.tasks import sentence_disjoint_split
-
     how = cfg.validation
     if how == "auto":
         if task.train_has_phrases:
@@ -258,9 +269,6 @@ def study_positions(cfg: StudyConfig, model, head):
     """The positions predictivity reads (``cfg.positions``; ``"auto"``: the soft-prompt
     positions with the answer position, but only the answer where a causal LM's prompt
     precedes the input, and the pooled input tokens for a pooled linear head)."""
-    from neuronlens.capture import AnswerToken, Pooled, PromptAndAnswer
-    from neuronlens.models import ModelKind
-
     how = cfg.positions
     if how == "auto":
         if head.readout == "pool":
@@ -274,20 +282,6 @@ def study_positions(cfg: StudyConfig, model, head):
 
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``."""
-    from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
-    from neuronlens.plots import neuron_heatmap
-    from neuronlens.probes import NeuronScores, attribute, predictivity
-    from neuronlens.prompts import PromptResult, evaluate, tune_prompt
-    from neuronlens.prompts.heads import make_head
-    from neuronlens.pruning import (
-        interleaved_latency,
-        keep_top,
-        load_pruned,
-        retrain_prompt,
-        save_pruned,
-    )
-    from neuronlens.tasks import get_task
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))

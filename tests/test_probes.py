@@ -13,7 +13,7 @@ from neuronlens.probes import (
     predictivity,
     run_probe,
 )
-from neuronlens.prompts.tuning import render_texts
+from neuronlens.prompts import render_texts
 
 from .probe_fixtures import fake_prompt, tiny, word_task
 

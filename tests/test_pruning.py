@@ -14,7 +14,7 @@ from neuronlens.errors import (
 from neuronlens.interventions import Zero, intervene
 from neuronlens.models import load_model
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
-from neuronlens.probes.scores import NeuronSet
+from neuronlens.neurons import NeuronSet
 from neuronlens.prompts import evaluate
 from neuronlens.pruning import (
     ModelDims,

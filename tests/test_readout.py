@@ -19,9 +19,9 @@ from neuronlens.prompts import (
     encode_task,
     evaluate,
     init_prompt,
+    render_texts,
     tune_prompt,
 )
-from neuronlens.prompts.tuning import render_texts
 
 from . import hf_reference as ref
 from .probe_fixtures import word_task
@@ -471,7 +471,7 @@ def _second_linear_inputs(model, family):
 @pytest.mark.parametrize("positions", ["prompt", "input", "all"])
 def test_zero_at_prompt_positions_after_the_input_equals_a_hand_built_forward(positions):
     from neuronlens.interventions import Zero, intervene
-    from neuronlens.probes.scores import NeuronSet
+    from neuronlens.neurons import NeuronSet
 
     model, raw = pair("gpt2")
     task = word_task()
@@ -509,7 +509,7 @@ def test_zero_at_prompt_positions_after_the_input_equals_a_hand_built_forward(po
 def test_noise_per_example_is_one_draw_added_at_every_position():
     """Skill-Neuron's perturbation: per example and neuron one gaussian draw, at every token."""
     from neuronlens.interventions import Noise, intervene
-    from neuronlens.probes.scores import NeuronSet
+    from neuronlens.neurons import NeuronSet
 
     model = pair("llama")[0]
     task = word_task()
@@ -548,7 +548,7 @@ def test_noise_per_example_is_one_draw_added_at_every_position():
 
 def test_intervene_checks_n_prompt_against_the_forward():
     from neuronlens.interventions import Zero, intervene
-    from neuronlens.probes.scores import NeuronSet
+    from neuronlens.neurons import NeuronSet
 
     model = pair("bert")[0]
     task = word_task()

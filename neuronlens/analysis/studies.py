@@ -37,8 +37,10 @@ from neuronlens.interventions import (
 )
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
-from neuronlens.probes.scores import NeuronScores, NeuronSet
-from neuronlens.prompts.tuning import PromptResult, evaluate, render_texts
+from neuronlens.neurons import NeuronScores, NeuronSet
+from neuronlens.probes.predictivity import predictivity
+from neuronlens.prompts.heads import render_texts
+from neuronlens.prompts.results import PromptResult, evaluate
 from neuronlens.tasks import get_task
 
 
@@ -515,8 +517,6 @@ def adversarial_analysis(
 ) -> AdversarialAnalysis:
     """Predictivity on ``dev`` (baselines from ``train``) and on ``adversarial_dev`` with the
     same clean baselines; Spearman (per layer, averaged) between the two."""
-    from neuronlens.probes.predictivity import predictivity
-
     clean = predictivity(
         model,
         prompts,

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.models.loading import _quiet_transformers, load_model
+from neuronlens.models.loading import load_model, quiet_transformers
 from neuronlens.models.model import NeuronModel
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,7 +75,7 @@ def smollm2_dir(*, cache: Path | None = None) -> Path:
     import transformers
     from safetensors.torch import save_model
 
-    with _quiet_transformers():
+    with quiet_transformers():
         model = transformers.AutoModelForCausalLM.from_pretrained(
             gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
         )

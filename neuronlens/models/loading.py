@@ -83,7 +83,7 @@ def load_model(
             )
         family, cls_name = family_for_architecture(archs[0])
         cls = getattr(transformers, cls_name)
-        with _quiet_transformers():
+        with quiet_transformers():
             hf, info = cls.from_pretrained(source, dtype=dtype, output_loading_info=True)
         missing = list(info.get("missing_keys", []))
         head_missing = (
@@ -124,7 +124,7 @@ def _boot(label: str, hf: torch.nn.Module, tokenizer, device) -> torch.nn.Module
     bridge_tok = copy.deepcopy(tokenizer)
     bridge_tok.init_kwargs.setdefault("name_or_path", label)
     bridge_tok.init_kwargs["add_bos_token"] = True
-    with _quiet_transformers():
+    with quiet_transformers():
         bridge = TransformerBridge.boot_transformers(
             label, hf_model=hf, tokenizer=bridge_tok, device=device
         )
@@ -137,7 +137,7 @@ def _boot(label: str, hf: torch.nn.Module, tokenizer, device) -> torch.nn.Module
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' load reports (missing head weights are handled by neuronlens)."""
     logger = logging.getLogger("transformers")
     level = logger.level

@@ -161,7 +161,7 @@ class NeuronModel:
     def hf_ffn(self, site: Site) -> torch.nn.Module:
         """The raw HF FFN module of a site (unwrapped from the bridge)."""
         stack = next(s for s in self.stacks if s.bridge_name == site.stack)
-        return _walk(self.hf_model, stack.hf_ffn.format(i=site.layer))
+        return walk_modules(self.hf_model, stack.hf_ffn.format(i=site.layer))
 
     def require_lm_head(self) -> None:
         """Raise :class:`MissingLMHeadError` unless the LM head holds trained weights."""
@@ -382,7 +382,7 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "original_component", None) or module
 
 
-def _walk(root: torch.nn.Module, path: str) -> torch.nn.Module:
+def walk_modules(root: torch.nn.Module, path: str) -> torch.nn.Module:
     """Follow a raw-HF dotted path in a booted model, stepping through bridge wrappers.
 
     The bridge replaces submodules by wrappers that keep the original module as

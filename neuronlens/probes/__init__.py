@@ -8,6 +8,7 @@
   ranks, Spearman, save / load.
 """
 
+from neuronlens.neurons import NeuronScores, NeuronSet, SpearmanResult
 from neuronlens.probes.attribution import METHODS, AttributionProbe, attribute
 from neuronlens.probes.base import (
     Probe,
@@ -18,7 +19,6 @@ from neuronlens.probes.base import (
     run_probe,
 )
 from neuronlens.probes.predictivity import BaselineProbe, NeuronAccuracyProbe, predictivity
-from neuronlens.probes.scores import NeuronScores, NeuronSet, SpearmanResult
 
 __all__ = [
     "METHODS",

@@ -27,8 +27,9 @@ from neuronlens.errors import EmptyDataError, NeuronLensError
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
+from neuronlens.neurons import NeuronScores
 from neuronlens.probes.base import Probe, ProbeInfo, State, run_probe
-from neuronlens.probes.scores import NeuronScores
+from neuronlens.prompts.heads import render_texts
 
 METHODS = ("attribution", "activation", "gradient", "random")
 
@@ -113,8 +114,6 @@ def attribute(
         g = torch.Generator().manual_seed(seed)
         scores = {s.name: torch.rand(s.width, generator=g) for s in chosen}
         return NeuronScores(scores, chosen, "random", model.name, getattr(data, "task", None), meta)
-    from neuronlens.prompts.tuning import render_texts
-
     labels = torch.as_tensor(list(subset.labels), dtype=torch.long)
     if int(labels.max()) >= tuned.head.n_classes or int(labels.min()) < 0:
         raise NeuronLensError(f"labels outside the head's {tuned.head.n_classes} classes")

@@ -2,7 +2,7 @@
 
 A probe names its sites and token positions, receives each batch's activations (and
 gradients when it asks), keeps a **mergeable** state, and finishes into
-:class:`~neuronlens.probes.scores.NeuronScores`. The state is a ``dict[str, Tensor]`` of sums
+:class:`~neuronlens.neurons.NeuronScores`. The state is a ``dict[str, Tensor]`` of sums
 and counts: the state of two shards, merged (added), equals the state of their union. That
 is what lets :func:`run_probe` run on one shard per process under ``torchrun`` and reduce
 the states across processes.
@@ -46,7 +46,7 @@ from neuronlens.capture import (
 from neuronlens.errors import EmptyDataError, NeuronLensError
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
-from neuronlens.probes.scores import NeuronScores
+from neuronlens.neurons import NeuronScores
 
 State = dict[str, Tensor]
 

@@ -46,8 +46,10 @@ from neuronlens.errors import (
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
+from neuronlens.neurons import NeuronScores
 from neuronlens.probes.base import Probe, State, collect_state
-from neuronlens.probes.scores import NeuronScores
+from neuronlens.prompts.heads import render_texts
+from neuronlens.prompts.results import PromptResult
 
 #: a position "varies" when some neuron's std over the dev examples exceeds this share of the
 #: activations' scale there (float noise from batching is ~1e-7 of it)
@@ -228,8 +230,6 @@ def predictivity(
             Positions that cannot see the input are an error.
         one_vs_rest: for multi-class labels, the class probed against the rest.
     """
-    from neuronlens.prompts.tuning import PromptResult, render_texts
-
     prompts = [prompts] if isinstance(prompts, PromptResult) else list(prompts)
     if not prompts:
         raise NeuronLensError("predictivity needs at least one tuned prompt")

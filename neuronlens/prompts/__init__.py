@@ -1,17 +1,18 @@
 """Prompt tuning and task heads: the task prompts every analysis needs."""
 
-from neuronlens.prompts.heads import Head, LinearHead, Verbalizer, label_word_id, make_head
-from neuronlens.prompts.linear_probe import fit_linear_probe, pooled_features
-from neuronlens.prompts.tuning import (
-    EvalResult,
-    PromptResult,
+from neuronlens.prompts.heads import (
+    Head,
+    LinearHead,
+    Verbalizer,
     class_logits,
     encode_task,
-    evaluate,
-    init_prompt,
-    tune_prompt,
-    tune_prompts,
+    label_word_id,
+    make_head,
+    render_texts,
 )
+from neuronlens.prompts.linear_probe import fit_linear_probe, pooled_features
+from neuronlens.prompts.results import EvalResult, PromptResult, evaluate, init_prompt
+from neuronlens.prompts.tuning import tune_prompt, tune_prompts
 
 __all__ = [
     "EvalResult",
@@ -27,6 +28,7 @@ __all__ = [
     "label_word_id",
     "make_head",
     "pooled_features",
+    "render_texts",
     "tune_prompt",
     "tune_prompts",
 ]

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from neuronlens.errors import NeuronLensError, ShapeMismatchError
+from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchError
 from neuronlens.models.families import ModelKind
 from neuronlens.models.layout import Layout, Placement
 from neuronlens.models.model import Encoded, NeuronModel
@@ -277,6 +277,35 @@ def _mean_pool(hidden: Tensor, layout: Layout, with_prompt: bool) -> Tensor:
         hidden, mask = hidden[:, p:], mask[:, p:]
     mask = mask.to(hidden.dtype)
     return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+def render_texts(model: NeuronModel, head: Head, task, data) -> list[str]:
+    """``data`` (a task split) rendered with the task's template, as this head reads it."""
+    if len(data) == 0:
+        raise EmptyDataError(f"task {task.name!r}: no examples to render")
+    texts_b = data.texts_b or (None,) * len(data)
+    return [head.render(model, task, a, b) for a, b in zip(data.texts, texts_b, strict=True)]
+
+
+def encode_task(
+    model: NeuronModel, head: Head, task, data, *, max_length: int | None = 256
+) -> Encoded:
+    """Render ``data`` (a task split) with the task's template for this head, and tokenise."""
+    return model.encode(render_texts(model, head, task, data), max_length=max_length)
+
+
+def class_logits(
+    model: NeuronModel, head: Head, prompt: Tensor | None, enc: Encoded, *, batch_size: int = 64
+) -> Tensor:
+    """``[N, n_classes]`` logits for every example, without gradients."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(enc), batch_size):
+            rows = torch.arange(
+                start, min(start + batch_size, len(enc)), device=enc.input_ids.device
+            )
+            out.append(head.class_logits(model, enc[rows], prompt).float())
+    return torch.cat(out)
 
 
 def label_word_id(model: NeuronModel, word: str) -> int:

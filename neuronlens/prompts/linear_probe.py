@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from neuronlens.errors import NeuronLensError, NonFiniteActivationError
 from neuronlens.models.model import NeuronModel
-from neuronlens.prompts.heads import LinearHead
-from neuronlens.prompts.tuning import PromptResult, encode_task, training_splits
+from neuronlens.prompts.heads import LinearHead, encode_task
+from neuronlens.prompts.results import PromptResult
+from neuronlens.prompts.tuning import training_splits
 
 DEFAULT_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 

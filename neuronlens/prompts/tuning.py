@@ -1,276 +1,29 @@
-"""Prompt tuning on a frozen model (Lester et al. 2021), evaluation, saving.
+"""Prompt tuning on a frozen model (Lester et al. 2021).
 
-A soft prompt is ``p`` trainable vectors in embedding space, prepended to every input's
-word embeddings. Only the prompt (and a linear head, when the model answers through one)
-gets gradients; the model's weights stay bit for bit unchanged. Training uses AdamW,
-shuffled batches from a seeded generator, validation-based early stopping (the best prompt
-is kept), and a progress bar.
+A soft prompt is ``p`` trainable vectors in embedding space, placed before the input (or
+after it, where the head's ``readout`` says). Only the prompt (and a linear head, when the
+model answers through one) gets gradients; the model's weights stay bit for bit unchanged.
+Training uses AdamW, shuffled batches from a seeded generator, validation-based early
+stopping (the best prompt is kept), and a progress bar.
 
     tuned = tune_prompt(model, get_task("sst2"), n_tokens=20, epochs=1, seed=0)
-    evaluate(model, tuned, get_task("sst2").load("dev")).accuracy
-    tuned.save("prompts/sst2-seed0");  PromptResult.load("prompts/sst2-seed0", model)
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchError
-from neuronlens.io import load_result, save_result
-from neuronlens.models.model import Encoded, NeuronModel
-from neuronlens.prompts.heads import Head, LinearHead, Verbalizer, make_head
-
-DEFAULT_TOKENS = 100  # the robustness paper; SKELETON / SKIP use 20
-
-
-def init_prompt(model: NeuronModel, n_tokens: int, *, seed: int = 0) -> Tensor:
-    """``[n_tokens, d_model]`` initialised from the embeddings of random vocabulary tokens.
-
-    ``n_tokens=0`` gives an empty prompt (the model sees the plain input)."""
-    if n_tokens < 0:
-        raise NeuronLensError(f"n_tokens must be 0 or more, got {n_tokens}")
-    special = set(model.tokenizer.all_special_ids)
-    vocab = min(len(model.tokenizer), model.vocab_size)
-    pool = torch.tensor([i for i in range(vocab) if i not in special])
-    g = torch.Generator().manual_seed(seed)
-    ids = pool[torch.randint(len(pool), (n_tokens,), generator=g)]
-    return model.input_embeddings.weight[ids.to(model.device)].detach().clone()
-
-
-@dataclass
-class PromptResult:
-    """A tuned soft prompt with its head and what it was tuned on.
-
-    ``head`` is a :class:`Verbalizer` or :class:`LinearHead`; ``history`` holds one entry per
-    validation: ``{"step", "train_loss", "val_accuracy"}``.
-    """
-
-    prompt: Tensor
-    head: Head
-    task: str
-    label_space: str
-    label_names: tuple[str, ...]
-    seed: int
-    model_name: str
-    model_kind: str
-    val_accuracy: float | None = None
-    history: list[dict] = field(default_factory=list)
-    train_size: int = 0
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.prompt.shape[0])
-
-    @property
-    def d_model(self) -> int:
-        return int(self.prompt.shape[1])
-
-    def metadata(self) -> dict:
-        return {
-            "model": self.model_name,
-            "model_kind": self.model_kind,
-            "hidden_size": self.d_model,
-            "n_tokens": self.n_tokens,
-            "head": self.head.kind,
-            "verbalizer": list(self.head.words) if isinstance(self.head, Verbalizer) else None,
-            "pool": self.head.pool if isinstance(self.head, LinearHead) else None,
-            "readout": self.head.readout,
-            "task": self.task,
-            "label_space": self.label_space,
-            "label_names": list(self.label_names),
-            "seed": self.seed,
-            "val_accuracy": self.val_accuracy,
-            "train_size": self.train_size,
-            "history": self.history,
-        }
-
-    def save(self, path: str | os.PathLike) -> str:
-        """Write ``path.safetensors`` (prompt, linear head) and ``path.json`` (metadata)."""
-        tensors = {"prompt": self.prompt}
-        if isinstance(self.head, LinearHead):
-            tensors["head.weight"] = self.head.linear.weight
-            tensors["head.bias"] = self.head.linear.bias
-        return str(save_result(path, tensors, self.metadata(), kind="soft_prompt"))
-
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike, model: NeuronModel, *, readout: str | None = None
-    ) -> PromptResult:
-        """Load a saved prompt for ``model``.
-
-        A model of another hidden size or kind, or a ``readout`` other than the one the
-        prompt was tuned with (when given), is an error. Files saved before readouts were
-        recorded load with the readout they were tuned with (mask / last / pool)."""
-        tensors, meta = load_result(path, kind="soft_prompt")
-        if meta["hidden_size"] != model.d_model:
-            raise ShapeMismatchError(
-                f"{path}: the prompt was tuned for hidden size {meta['hidden_size']} "
-                f"({meta['model']}), but {model.name} has {model.d_model}"
-            )
-        if meta["head"] == "verbalizer" and meta["model_kind"] != model.kind.value:
-            raise NeuronLensError(
-                f"{path}: a verbalizer prompt of a {meta['model_kind']} model cannot run on "
-                f"{model.name}, a {model.kind.value} model"
-            )
-        saved = meta.get("readout") or _legacy_readout(meta)
-        if readout is not None and readout != saved:
-            raise NeuronLensError(
-                f"{path}: the prompt was tuned with readout {saved!r}, not {readout!r}; a "
-                "prompt only means something where it was trained to be read: load it without "
-                "readout= or tune one for that readout"
-            )
-        if meta["head"] == "linear":
-            head: Head = LinearHead(
-                model.d_model, len(meta["label_names"]), meta.get("pool") or "input", saved
-            )
-            with torch.no_grad():
-                head.linear.weight.copy_(tensors["head.weight"])
-                head.linear.bias.copy_(tensors["head.bias"])
-        else:
-            head = Verbalizer(model, meta["verbalizer"], readout=saved)
-        head.requires_grad_(False)
-        return cls(
-            prompt=tensors["prompt"].to(model.device, model.dtype),
-            head=head.to(model.device),
-            task=meta["task"],
-            label_space=meta["label_space"],
-            label_names=tuple(meta["label_names"]),
-            seed=meta["seed"],
-            model_name=meta["model"],
-            model_kind=meta["model_kind"],
-            val_accuracy=meta["val_accuracy"],
-            history=meta["history"],
-            train_size=meta.get("train_size", 0),
-        )
-
-
-def _legacy_readout(meta: dict) -> str:
-    """The readout of a prompt saved before readouts were recorded (the placements then)."""
-    if meta["head"] == "linear":
-        return "pool"
-    return {"masked_lm": "mask", "causal_lm": "last"}.get(meta["model_kind"], "prompt")
-
-
-# ---------------------------------------------------------------------------- running
-
-
-def render_texts(model: NeuronModel, head: Head, task, data) -> list[str]:
-    """``data`` (a task split) rendered with the task's template, as this head reads it."""
-    if len(data) == 0:
-        raise EmptyDataError(f"task {task.name!r}: no examples to render")
-    texts_b = data.texts_b or (None,) * len(data)
-    return [head.render(model, task, a, b) for a, b in zip(data.texts, texts_b, strict=True)]
-
-
-def encode_task(
-    model: NeuronModel, head: Head, task, data, *, max_length: int | None = 256
-) -> Encoded:
-    """Render ``data`` (a task split) with the task's template for this head, and tokenise."""
-    return model.encode(render_texts(model, head, task, data), max_length=max_length)
-
-
-def class_logits(
-    model: NeuronModel, head: Head, prompt: Tensor | None, enc: Encoded, *, batch_size: int = 64
-) -> Tensor:
-    """``[N, n_classes]`` logits for every example, without gradients."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(enc), batch_size):
-            rows = torch.arange(
-                start, min(start + batch_size, len(enc)), device=enc.input_ids.device
-            )
-            out.append(head.class_logits(model, enc[rows], prompt).float())
-    return torch.cat(out)
-
-
-@dataclass
-class EvalResult:
-    """Accuracy (and macro F1) of a prompt on a task split."""
-
-    accuracy: float
-    macro_f1: float
-    n: int
-    predictions: Tensor
-    labels: Tensor
-    task: str
-    split: str
-
-    def __repr__(self) -> str:
-        return (
-            f"EvalResult({self.task}/{self.split}: accuracy={self.accuracy:.4f}, "
-            f"macro_f1={self.macro_f1:.4f}, n={self.n})"
-        )
-
-
-def macro_f1(pred: Tensor, gold: Tensor, n_classes: int) -> float:
-    scores = []
-    for c in range(n_classes):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        denom = 2 * tp + fp + fn
-        scores.append(0.0 if denom == 0 else 2 * tp / denom)
-    return sum(scores) / n_classes
-
-
-def evaluate(
-    model: NeuronModel,
-    tuned: PromptResult | None,
-    data,
-    *,
-    task=None,
-    head: Head | None = None,
-    batch_size: int = 64,
-    max_length: int | None = 256,
-    interventions=None,
-) -> EvalResult:
-    """Accuracy and macro F1 of a prompt on a task split (any task of the same label space).
-
-    Evaluating task A's prompt on task B's data is prompt transferability. ``tuned=None``
-    evaluates the model without a prompt (zero-shot with ``head``, a Verbalizer).
-    ``interventions`` (see :mod:`neuronlens.interventions`) are applied during the evaluation.
-    """
-    from neuronlens.interventions import as_interventions, intervene
-    from neuronlens.tasks import get_task
-
-    task = task or get_task(data.task)
-    if tuned is not None:
-        if tuned.label_space != task.label_space or len(tuned.label_names) != task.num_labels:
-            raise NeuronLensError(
-                f"a prompt for {tuned.task!r} (label space {tuned.label_space!r}) cannot be "
-                f"evaluated on {task.name!r} (label space {task.label_space!r})"
-            )
-        head = tuned.head
-    if head is None:
-        raise NeuronLensError(
-            "evaluate without a prompt needs head= (e.g. Verbalizer(model, words))"
-        )
-    head.check_model(model)
-    enc = encode_task(model, head, task, data, max_length=max_length)
-    prompt = None if tuned is None or tuned.n_tokens == 0 else tuned.prompt
-    n_prompt = 0 if prompt is None else prompt.shape[0]
-    with intervene(model, *as_interventions(interventions), n_prompt=n_prompt):
-        logits = class_logits(model, head, prompt, enc, batch_size=batch_size)
-    pred = logits.argmax(-1).cpu()
-    gold = torch.tensor(data.labels)
-    return EvalResult(
-        accuracy=float((pred == gold).float().mean()),
-        macro_f1=macro_f1(pred, gold, task.num_labels),
-        n=len(gold),
-        predictions=pred,
-        labels=gold,
-        task=task.name,
-        split=data.split,
-    )
-
+from neuronlens.models.model import NeuronModel
+from neuronlens.prompts.heads import Head, class_logits, encode_task, make_head
+from neuronlens.prompts.results import DEFAULT_TOKENS, PromptResult, init_prompt
+from neuronlens.tasks import get_task
 
 # ---------------------------------------------------------------------------- training
 
@@ -279,8 +32,6 @@ def training_splits(task, train, validation, data_dir, val_limit):
     """``(task, train, validation)`` with the defaults of :func:`tune_prompt`: the task's
     train split, and a seeded ``val_limit`` subset of its validation split (``None`` when
     ``validation is False`` or the task has none)."""
-    from neuronlens.tasks import get_task
-
     if isinstance(task, str):
         task = get_task(task)
     train = train if train is not None else task.load("train", data_dir=data_dir)

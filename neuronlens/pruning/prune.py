@@ -48,10 +48,11 @@ from neuronlens.errors import (
     SiteError,
     UnsupportedModelError,
 )
+from neuronlens.io import library_versions
 from neuronlens.models.families import Stack, family_for_architecture
-from neuronlens.models.loading import _quiet_transformers, load_model
-from neuronlens.models.model import NeuronModel, _walk
-from neuronlens.probes.scores import NeuronSet
+from neuronlens.models.loading import load_model, quiet_transformers
+from neuronlens.models.model import NeuronModel, walk_modules
+from neuronlens.neurons import NeuronSet
 
 RECORD_FILE = "pruning.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -343,7 +344,7 @@ def plain_hf_model(model: NeuronModel) -> transformers.PreTrainedModel:
     """
     src = model.hf_model
     config = copy.deepcopy(src.config)
-    with _no_init(), _quiet_transformers():
+    with _no_init(), quiet_transformers():
         fresh = type(src)(config)
     stacks = {st.bridge_name: st for st in model.stacks}
     for site in model.sites:
@@ -351,8 +352,8 @@ def plain_hf_model(model: NeuronModel) -> transformers.PreTrainedModel:
     with torch.no_grad():
         for name, tensor in _named_tensors(fresh):
             owner_path, _, attr = name.rpartition(".")
-            owner = _walk(fresh, owner_path) if owner_path else fresh
-            source = getattr(_walk(src, owner_path) if owner_path else src, attr)
+            owner = walk_modules(fresh, owner_path) if owner_path else fresh
+            source = getattr(walk_modules(src, owner_path) if owner_path else src, attr)
             if source.shape != tensor.shape:
                 raise ShapeMismatchError(
                     f"{model.name}: {name} has shape {list(source.shape)} in the model but "
@@ -387,12 +388,12 @@ def _no_init():
 
 
 def _get(root: nn.Module, dotted: str) -> nn.Module:
-    return _walk(root, dotted)
+    return walk_modules(root, dotted)
 
 
 def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:
     parent_path, _, attr = dotted.rpartition(".")
-    parent = _walk(root, parent_path) if parent_path else root
+    parent = walk_modules(root, parent_path) if parent_path else root
     setattr(parent, attr, module)
 
 
@@ -530,7 +531,6 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
     directory. Load it back with :func:`load_pruned` (a plain ``load_model(path)`` cannot,
     as FFN widths differ between layers).
     """
-    from neuronlens.io import library_versions
 
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -546,7 +546,7 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
         )
     hf = plain_hf_model(model)
     hf.config.architectures = [type(hf).__name__]
-    with _quiet_transformers():
+    with quiet_transformers():
         hf.save_pretrained(str(out), safe_serialization=True)
     model.tokenizer.save_pretrained(str(out))
     meta = {
@@ -624,7 +624,7 @@ def load_pruned(
     family, cls_name = family_for_architecture(archs[0])
     _, stacks = family.resolve(config)
     by_stack = {st.bridge_name: st for st in stacks}
-    with _no_init(), _quiet_transformers():
+    with _no_init(), quiet_transformers():
         hf = getattr(transformers, cls_name)(config)
     hf.to(dtype)
     for site_name, width in widths.items():

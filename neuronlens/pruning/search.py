@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from neuronlens.errors import NeuronLensError
 from neuronlens.models.model import NeuronModel
+from neuronlens.neurons import NeuronScores
 from neuronlens.probes.attribution import attribute
-from neuronlens.probes.scores import NeuronScores
-from neuronlens.prompts.tuning import PromptResult, evaluate, tune_prompt
-from neuronlens.pruning.prune import prune_model
+from neuronlens.prompts.results import PromptResult, evaluate
+from neuronlens.prompts.tuning import tune_prompt
+from neuronlens.pruning.prune import flop_ceiling, prune_model
 
 
 @dataclass
@@ -63,8 +64,6 @@ class SearchResult:
     def figure(self, seq_len: int = 128):
         """Accuracy vs FLOP-ceiling speed-up of every kept ratio the search tried."""
         import plotly.graph_objects as go
-
-        from neuronlens.pruning.prune import flop_ceiling
 
         steps = sorted(self.history, key=lambda s: s.kept_ratio)
         x = [flop_ceiling(self.model, s.kept_ratio, seq_len) for s in steps]  # original widths
