@@ -28,11 +28,12 @@ import torch  # noqa: E402
 from common import random_batch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
+from neuronlens.models import Encoded  # noqa: E402
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer  # noqa: E402
 
 
 def measure(
-    name: str, model: nl.NeuronModel, raw: torch.nn.Module, enc: nl.Encoded, repeats: int
+    name: str, model: nl.NeuronModel, raw: torch.nn.Module, enc: Encoded, repeats: int
 ) -> dict:
     raw_kwargs = {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}
     if enc.token_type_ids is not None:

@@ -37,6 +37,7 @@ from common import random_batch  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.capture import CaptureData  # noqa: E402
+from neuronlens.models import Encoded  # noqa: E402
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer  # noqa: E402
 from neuronlens.probes import AttributionProbe, NeuronAccuracyProbe, collect_state  # noqa: E402
 from neuronlens.prompts import LinearHead, PromptResult, init_prompt  # noqa: E402
@@ -56,7 +57,7 @@ def fake_prompt(model: nl.NeuronModel, n_tokens: int = 20) -> PromptResult:
     )
 
 
-def timings(name: str, model: nl.NeuronModel, raw, enc: nl.Encoded, repeats: int) -> dict:
+def timings(name: str, model: nl.NeuronModel, raw, enc: Encoded, repeats: int) -> dict:
     pr = fake_prompt(model)
     labels = torch.arange(len(enc)) % 2
     data = CaptureData(encoded=enc, labels=labels)

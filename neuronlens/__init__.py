@@ -1,30 +1,39 @@
 """neuronlens: neuron-level interpretability of transformer feed-forward networks.
 
-Load a model as a hooked transformer (:func:`load_model`) and capture FFN neuron activations
-(:func:`capture`) here; the subpackages do the rest: ``neuronlens.tasks`` (data),
-``neuronlens.prompts`` (prompt tuning), ``neuronlens.probes`` (predictivity, attribution, your
-own probes), ``neuronlens.interventions`` and ``neuronlens.analysis`` (ablation studies),
-``neuronlens.pruning`` (structured pruning, SKELETON / SKIP), ``neuronlens.plots`` (figures),
-``neuronlens.study`` (whole studies; the ``neuronlens`` command).
+The calls a study is made of are here::
+
+    import neuronlens as nl
+
+    model = nl.load_minilm()                                   # or nl.load_model(name)
+    tuned = nl.tune_prompt(model, nl.get_task("sst2"), n_tokens=20, readout="prompt")
+    skill = nl.predictivity(model, tuned, task, dev, train=train)  # skill neurons
+    attr = nl.attribute(model, tuned, task, train, n=20)      # gradient x activation
+    nl.evaluate(model, tuned, dev, interventions=[nl.Zero(skill.top(percent=1))])
+    small = nl.prune_model(model, attr.top(percent=50))       # really smaller
+
+The subpackages hold the rest: ``neuronlens.capture`` (activation capture, positions),
+``neuronlens.tasks`` (data), ``neuronlens.prompts`` (heads, prompt tuning),
+``neuronlens.probes`` (probe API), ``neuronlens.interventions``, ``neuronlens.analysis``
+(ablation studies), ``neuronlens.pruning`` (pruning, SKELETON / SKIP, FLOPs),
+``neuronlens.plots`` (figures), ``neuronlens.study`` (whole studies; the ``neuronlens``
+command).
 """
 
 from neuronlens.capture import (
-    ActivationArrays,
     AllTokens,
-    CaptureBatch,
+    AnswerToken,
     LastToken,
     MaskToken,
-    PositionRange,
-    Positions,
+    Pooled,
+    PromptAndAnswer,
     PromptTokens,
     RunningMean,
-    SiteBatch,
     capture,
     collect_activations,
 )
 from neuronlens.errors import NeuronLensError
+from neuronlens.interventions import Noise, Replace, Retain, Zero, intervene
 from neuronlens.models import (
-    Encoded,
     Family,
     ModelKind,
     NeuronModel,
@@ -36,33 +45,54 @@ from neuronlens.models import (
     unregister_family,
 )
 from neuronlens.models.assets import load_minilm, load_smollm2
+from neuronlens.neurons import NeuronScores, NeuronSet
+from neuronlens.probes import Probe, attribute, predictivity, run_probe
+from neuronlens.prompts import PromptResult, evaluate, tune_prompt, tune_prompts
+from neuronlens.pruning import prune_model, skeleton_search, skip_search
+from neuronlens.tasks import get_task
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActivationArrays",
     "AllTokens",
-    "CaptureBatch",
-    "Encoded",
+    "AnswerToken",
     "Family",
     "LastToken",
     "MaskToken",
     "ModelKind",
     "NeuronLensError",
     "NeuronModel",
-    "PositionRange",
-    "Positions",
+    "NeuronScores",
+    "NeuronSet",
+    "Noise",
+    "Pooled",
+    "Probe",
+    "PromptAndAnswer",
+    "PromptResult",
     "PromptTokens",
+    "Replace",
+    "Retain",
     "RunningMean",
     "Site",
-    "SiteBatch",
     "Stack",
+    "Zero",
+    "attribute",
     "capture",
     "collect_activations",
+    "evaluate",
     "families",
+    "get_task",
+    "intervene",
     "load_minilm",
     "load_model",
     "load_smollm2",
+    "predictivity",
+    "prune_model",
     "register_family",
+    "run_probe",
+    "skeleton_search",
+    "skip_search",
+    "tune_prompt",
+    "tune_prompts",
     "unregister_family",
 ]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import neuronlens as nl
+from neuronlens.capture import PositionRange
 from neuronlens.errors import NeuronLensError, NonFiniteActivationError, ShapeMismatchError
 
 from .conftest import all_hook_counts, random_texts
@@ -36,7 +37,7 @@ def test_positions_select_expected_tokens(tiny_bert):
         torch.testing.assert_close(mask["blocks.1"][i, 0], acts[i, p])
     assert [t[0] for t in mask.tokens] == ["[MASK]"] * 3
 
-    rng = nl.collect_activations(model, texts, sites="blocks.1", positions=nl.PositionRange(1, 3))
+    rng = nl.collect_activations(model, texts, sites="blocks.1", positions=PositionRange(1, 3))
     torch.testing.assert_close(rng["blocks.1"], acts[:, 1:3])
 
 

@@ -288,3 +288,24 @@ def test_custom_probe_in_a_few_lines():
         expect = (ref[s.name][v] > 0).double().mean(0).float()
         torch.testing.assert_close(rates[s.name], expect)
     assert rates.method == "firing_rate"
+
+
+def test_attribution_methods_are_classes_with_one_signature():
+    from neuronlens.probes import (
+        Activation,
+        AttributionMethod,
+        Gradient,
+        GradientXActivation,
+        RandomScores,
+    )
+
+    model, task = tiny(), word_task()
+    pr = fake_prompt(model, task)
+    data = task.load("train")
+    for cls in (GradientXActivation, Activation, Gradient, RandomScores):
+        assert issubclass(cls, AttributionMethod)
+        by_class = cls(model).attribute(pr, task, data, n=12, seed=3, progress=False)
+        by_name = attribute(model, pr, task, data, method=cls.name, n=12, seed=3, progress=False)
+        assert by_class.method == cls.name and torch.equal(by_class.flat(), by_name.flat())
+    with pytest.raises(NeuronLensError, match="unknown attribution method"):
+        attribute(model, pr, task, data, method=len)

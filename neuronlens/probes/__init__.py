@@ -1,7 +1,8 @@
 """The probe layer: every neuron score goes through one API (see :mod:`neuronlens.probes.base`).
 
 * :func:`predictivity` - skill-neuron predictivity (robustness paper eqs. 2-5);
-* :func:`attribute` - gradient x activation attribution and its baselines (SKELETON);
+* :func:`attribute` - gradient x activation attribution and its baselines (SKELETON), each
+  a method class with one call signature (:class:`GradientXActivation`, ...);
 * :class:`Probe` / :func:`run_probe` - write your own; states merge across shards and
   processes (``torchrun``);
 * :class:`NeuronScores` / :class:`NeuronSet` - scores with metadata, top-k, random controls,
@@ -9,7 +10,16 @@
 """
 
 from neuronlens.neurons import NeuronScores, NeuronSet, SpearmanResult
-from neuronlens.probes.attribution import METHODS, AttributionProbe, attribute
+from neuronlens.probes.attribution import (
+    METHODS,
+    Activation,
+    AttributionMethod,
+    AttributionProbe,
+    Gradient,
+    GradientXActivation,
+    RandomScores,
+    attribute,
+)
 from neuronlens.probes.base import (
     Probe,
     ProbeInfo,
@@ -22,7 +32,12 @@ from neuronlens.probes.predictivity import BaselineProbe, NeuronAccuracyProbe, p
 
 __all__ = [
     "METHODS",
+    "Activation",
+    "AttributionMethod",
     "AttributionProbe",
+    "Gradient",
+    "GradientXActivation",
+    "RandomScores",
     "BaselineProbe",
     "NeuronAccuracyProbe",
     "NeuronScores",

@@ -6,14 +6,17 @@ nonlinearity) at token ``j``::
     A(x, y) = mean over the example's K input tokens of | h_j * d logit_y / d h_j |
     score   = sum over the n examples (default n = 20, as in the papers)
 
-``logit_y`` is the gold-label logit of the prompt's head (verbalizer or linear). Padding is
-excluded; whether soft-prompt positions count is ``include_prompt``. The baselines use the
-same call: ``method="activation"`` (sum over examples of the token-mean activation),
-``"gradient"`` (the same with gradients) and ``"random"`` (seeded random scores; no forward
-pass). So methods are interchangeable::
+``logit_y`` is the gold-label logit of the prompt's head, read where its ``readout`` says.
+Padding is excluded; whether soft-prompt positions count is ``include_prompt``.
 
-    for method in ("attribution", "activation", "gradient", "random"):
-        scores = attribute(model, tuned, task, train, method=method)
+Each method is a small class with one call signature (as captum's), so methods swap::
+
+    for method in (GradientXActivation, Activation, Gradient, RandomScores):
+        scores = method(model).attribute(tuned, task, train, n=20)
+    attribute(model, tuned, task, train, method="gradient")     # the same, by name
+
+:class:`Activation` sums the token-mean activation, :class:`Gradient` the token-mean
+gradient, :class:`RandomScores` draws seeded random scores (no forward pass needed).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from neuronlens.capture import AllTokens, CaptureData, SiteBatch
 from neuronlens.errors import EmptyDataError, NeuronLensError
@@ -31,31 +35,146 @@ from neuronlens.neurons import NeuronScores
 from neuronlens.probes.base import Probe, ProbeInfo, State, run_probe
 from neuronlens.prompts.heads import render_texts
 
-METHODS = ("attribution", "activation", "gradient", "random")
+
+class AttributionMethod:
+    """Scores neurons for a tuned prompt's gold-label logit. Subclasses set ``name`` and
+    ``needs_grads`` and implement :meth:`per_token` (what is averaged over an example's
+    tokens); :meth:`attribute` is the one call every method shares."""
+
+    name = "attribution"
+    needs_grads = True
+
+    def __init__(self, model: NeuronModel) -> None:
+        self.model = model
+
+    def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def attribute(
+        self,
+        tuned,
+        task,
+        data,
+        *,
+        n: int | None = 20,
+        seed: int = 0,
+        sites: SiteSpec | Sequence[SiteSpec] | None = None,
+        include_prompt: bool = False,
+        batch_size: int = 16,
+        max_length: int | None = 256,
+        progress: bool | None = None,
+    ) -> NeuronScores:
+        """Scores of every neuron at ``sites`` (default every site the head reaches) on a
+        seeded subset of ``n`` examples of ``data`` (``None``: all of them)."""
+        model = self.model
+        subset, chosen, meta = _prepare(model, tuned, data, n, seed, sites, include_prompt)
+        labels = torch.as_tensor(list(subset.labels), dtype=torch.long)
+        if int(labels.max()) >= tuned.head.n_classes or int(labels.min()) < 0:
+            raise NeuronLensError(f"labels outside the head's {tuned.head.n_classes} classes")
+        texts = render_texts(model, tuned.head, task, subset)
+        data_c = CaptureData(texts=texts, labels=labels, max_length=max_length)
+
+        def fwd(enc, prompt, grads):
+            return tuned.head.class_logits(model, enc, prompt, embeds_require_grad=grads)
+
+        return run_probe(
+            model,
+            AttributionProbe(self, include_prompt),
+            data_c,
+            sites=chosen,
+            prompt=tuned.prompt if tuned.n_tokens else None,
+            forward=fwd,
+            objective=gold_logit,
+            task=getattr(data, "task", None),
+            batch_size=batch_size,
+            progress=progress,
+            meta=meta,
+        )
+
+
+class GradientXActivation(AttributionMethod):
+    """``|a * d logit_y / d a|`` (SKELETON / SKIP attribution)."""
+
+    name = "attribution"
+
+    def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        return (acts * grads).abs()
+
+
+class Activation(AttributionMethod):
+    """The activation itself (SKELETON's "Activation" baseline)."""
+
+    name = "activation"
+    needs_grads = False
+
+    def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        return acts
+
+
+class Gradient(AttributionMethod):
+    """The gradient of the gold-label logit (SKELETON's "Gradient" baseline)."""
+
+    name = "gradient"
+
+    def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        return grads
+
+
+class RandomScores(AttributionMethod):
+    """Seeded random scores (SKELETON's "Random" baseline); no forward pass."""
+
+    name = "random"
+    needs_grads = False
+
+    def attribute(self, tuned, task, data, *, n=20, seed=0, sites=None, include_prompt=False,
+                  batch_size=16, max_length=256, progress=None) -> NeuronScores:  # fmt: skip
+        _, chosen, meta = _prepare(self.model, tuned, data, n, seed, sites, include_prompt)
+        g = torch.Generator().manual_seed(seed)
+        scores = {s.name: torch.rand(s.width, generator=g) for s in chosen}
+        return NeuronScores(
+            scores, chosen, self.name, self.model.name, getattr(data, "task", None), meta
+        )
+
+
+METHODS: dict[str, type[AttributionMethod]] = {
+    m.name: m for m in (GradientXActivation, Activation, Gradient, RandomScores)
+}
+
+
+def method_class(method: str | AttributionMethod | type[AttributionMethod]):
+    """The method class of a name (``"attribution"``, ``"activation"``, ``"gradient"``,
+    ``"random"``), a class or an instance."""
+    if isinstance(method, AttributionMethod):
+        return type(method)
+    if isinstance(method, type) and issubclass(method, AttributionMethod):
+        return method
+    if method not in METHODS:
+        raise NeuronLensError(
+            f"unknown attribution method {method!r}; use one of {list(METHODS)} "
+            "or an AttributionMethod class"
+        )
+    return METHODS[method]
 
 
 class AttributionProbe(Probe):
-    """Sum over examples of the token-mean of ``|a * g|`` (or ``a``, or ``g``)."""
+    """Sum over examples of the token-mean of ``method.per_token(a, g)``."""
 
-    needs_grads = True
-
-    def __init__(self, method: str = "attribution", include_prompt: bool = False) -> None:
-        if method not in METHODS[:3]:
-            raise NeuronLensError(f"unknown attribution method {method!r}; use one of {METHODS}")
-        self.name = method
-        self.needs_grads = method != "activation"
+    def __init__(
+        self, method: str | AttributionMethod = "attribution", include_prompt: bool = False
+    ) -> None:
+        cls = method_class(method)
+        if cls is RandomScores:
+            raise NeuronLensError("random scores need no probe: use RandomScores(model)")
+        self.method = method if isinstance(method, AttributionMethod) else cls(None)
+        self.name = cls.name
+        self.needs_grads = cls.needs_grads
         self.positions = AllTokens(include_prompt=include_prompt)
 
     def init_state(self, sites: Sequence[Site]) -> State:
         return {s.name: torch.zeros(s.width, dtype=torch.float64) for s in sites}
 
     def update(self, state: State, sb: SiteBatch) -> None:
-        if self.name == "attribution":
-            per_token = (sb.acts * sb.grads).abs()
-        elif self.name == "gradient":
-            per_token = sb.grads
-        else:
-            per_token = sb.acts
+        per_token = self.method.per_token(sb.acts, sb.grads)
         valid = sb.valid.to(per_token.dtype)
         n_tok = valid.sum(1, keepdim=True)
         if bool((n_tok == 0).any()):
@@ -63,10 +182,36 @@ class AttributionProbe(Probe):
         per_example = torch.einsum("bn,bnd->bd", valid, per_token) / n_tok
         state[sb.site.name] += per_example.double().sum(0).cpu()
 
-    def finish(
-        self, state: State, sites: Sequence[Site], info: ProbeInfo
-    ) -> dict[str, torch.Tensor]:
+    def finish(self, state: State, sites: Sequence[Site], info: ProbeInfo) -> dict[str, Tensor]:
         return {s.name: state[s.name] for s in sites}
+
+
+def gold_logit(logits: Tensor, batch) -> Tensor:
+    """The objective of every gradient method: each example's gold-label logit."""
+    return logits[torch.arange(logits.shape[0], device=logits.device), batch.labels]
+
+
+def _prepare(model, tuned, data, n, seed, sites, include_prompt):
+    """``(subset, sites, meta)`` shared by every method: checks, the seeded subset, the
+    sites the head reaches (a T5 linear head reads the encoder only)."""
+    if len(data) == 0:
+        raise EmptyDataError("attribution got an empty split")
+    if n is not None and n < 1:
+        raise NeuronLensError(f"n must be at least 1, got {n}")
+    tuned.head.check_model(model)
+    subset = data if n is None or n >= len(data) else data.subset(n, seed=seed)
+    chosen = model.select_sites(sites)
+    if model.kind is ModelKind.ENCODER_DECODER and tuned.head.kind == "linear":
+        chosen = [s for s in chosen if s.stack != "decoder_blocks"]
+    meta = {
+        "n_examples": len(subset),
+        "seed": seed,
+        "prompt_seed": tuned.seed,
+        "prompt_task": tuned.task,
+        "readout": tuned.head.readout,
+        "include_prompt": include_prompt,
+    }
+    return subset, chosen, meta
 
 
 def attribute(
@@ -75,70 +220,18 @@ def attribute(
     task,
     data,
     *,
-    method: str = "attribution",
-    n: int | None = 20,
-    seed: int = 0,
-    sites: SiteSpec | Sequence[SiteSpec] | None = None,
-    include_prompt: bool = False,
-    batch_size: int = 16,
-    max_length: int | None = 256,
-    progress: bool | None = None,
+    method: str | AttributionMethod | type[AttributionMethod] = "attribution",
+    **kwargs,
 ) -> NeuronScores:
     """Score every neuron by ``method`` on ``n`` examples of ``data`` (a task split).
 
-    Args:
-        tuned: the :class:`~neuronlens.prompts.PromptResult` whose prompt and head define the
-            gold-label logit.
-        method: ``"attribution"`` (|activation x gradient|), ``"activation"``, ``"gradient"``,
-            ``"random"``.
-        n: number of examples (a seeded subset; None = all).
-        include_prompt: whether soft-prompt positions count among the tokens averaged over.
-        sites: default every site (encoder and decoder for T5).
+    ``method``: ``"attribution"`` (|activation x gradient|), ``"activation"``,
+    ``"gradient"``, ``"random"``, or an :class:`AttributionMethod` class or instance;
+    ``kwargs`` go to :meth:`AttributionMethod.attribute` (``n``, ``seed``, ``sites``,
+    ``include_prompt``, ``batch_size``, ``max_length``, ``progress``).
+
+    Examples:
+        >>> attr = attribute(model, tuned, task, train, n=20)            # doctest: +SKIP
+        >>> attr.top(percent=50)                                         # doctest: +SKIP
     """
-    if method not in METHODS:
-        raise NeuronLensError(f"unknown attribution method {method!r}; use one of {METHODS}")
-    if len(data) == 0:
-        raise EmptyDataError("attribution got an empty split")
-    if n is not None and n < 1:
-        raise NeuronLensError(f"n must be at least 1, got {n}")
-    subset = data if n is None or n >= len(data) else data.subset(n, seed=seed)
-    chosen = model.select_sites(sites)
-    meta = {
-        "n_examples": len(subset),
-        "seed": seed,
-        "prompt_seed": tuned.seed,
-        "prompt_task": tuned.task,
-        "include_prompt": include_prompt,
-    }
-    if method == "random":
-        g = torch.Generator().manual_seed(seed)
-        scores = {s.name: torch.rand(s.width, generator=g) for s in chosen}
-        return NeuronScores(scores, chosen, "random", model.name, getattr(data, "task", None), meta)
-    labels = torch.as_tensor(list(subset.labels), dtype=torch.long)
-    if int(labels.max()) >= tuned.head.n_classes or int(labels.min()) < 0:
-        raise NeuronLensError(f"labels outside the head's {tuned.head.n_classes} classes")
-    if model.kind is ModelKind.ENCODER_DECODER and tuned.head.kind == "linear":
-        chosen = [s for s in chosen if s.stack != "decoder_blocks"]
-    data_c = CaptureData(
-        texts=render_texts(model, tuned.head, task, subset), labels=labels, max_length=max_length
-    )
-
-    def fwd(enc, prompt, grads):
-        return tuned.head.class_logits(model, enc, prompt, embeds_require_grad=grads)
-
-    def gold_logit(logits, batch):
-        return logits[torch.arange(logits.shape[0], device=logits.device), batch.labels]
-
-    return run_probe(
-        model,
-        AttributionProbe(method, include_prompt),
-        data_c,
-        sites=chosen,
-        prompt=tuned.prompt if tuned.n_tokens else None,
-        forward=fwd,
-        objective=gold_logit,
-        task=getattr(data, "task", None),
-        batch_size=batch_size,
-        progress=progress,
-        meta=meta,
-    )
+    return method_class(method)(model).attribute(tuned, task, data, **kwargs)
