@@ -2,7 +2,7 @@
 
 A study runs these steps, saving each step's artifacts in the output folder; a finished step
 is loaded, not recomputed, when the study is run again (``resume``), unless a step whose
-results it uses was recomputed (``DEPENDS``):
+results it uses was recomputed (each :class:`Step` of :data:`STUDY_STEPS` names them):
 
 1. ``prompts``: tune one soft prompt per seed (``prompts/seed{k}.safetensors``);
 2. ``predictivity``: skill-neuron predictivity over every FFN neuron (``predictivity``);
@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -59,6 +60,7 @@ from neuronlens.plots import neuron_heatmap
 from neuronlens.probes import NeuronScores, attribute, predictivity
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.prompts.heads import make_head
+from neuronlens.prompts.tuning import TrainingSettings
 from neuronlens.pruning import (
     interleaved_latency,
     keep_top,
@@ -68,13 +70,6 @@ from neuronlens.pruning import (
 )
 from neuronlens.tasks import get_task, sentence_disjoint_split
 
-STEPS = ("prompts", "predictivity", "suppression", "pruning", "report")
-#: the steps whose results each step uses: recomputing one recomputes these
-DEPENDS = {
-    "predictivity": {"prompts"},
-    "suppression": {"prompts", "predictivity"},
-    "pruning": {"prompts"},
-}
 VALIDATION = ("auto", "split", "sentences", "none")
 READOUTS = ("auto", "prompt", "mask", "last", "pool")
 ABLATIONS = ("zero", "mean", "noise")
@@ -126,10 +121,10 @@ class StudyConfig:
     n_tokens: int = 20
     readout: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: float = 1.0
-    lr: float = 3e-2
-    head_lr: float = 1e-2
-    batch_size: int = 16
+    epochs: float = TrainingSettings.epochs
+    lr: float = TrainingSettings.lr
+    head_lr: float = TrainingSettings.head_lr
+    batch_size: int = TrainingSettings.batch_size
     suppression_percents: list[float] = field(default_factory=lambda: [0, 1, 5, 10])
     random_repeats: int = 2
     per_layer: bool = True
@@ -179,6 +174,17 @@ class StudyConfig:
             isinstance(p, (int, float)) and 0 <= p <= 100 for p in self.suppression_percents
         ):
             raise ConfigError("config field 'suppression_percents' must hold numbers within 0..100")
+
+        self.training()  # the training fields, checked as tune_prompt checks them
+
+    def training(self) -> TrainingSettings:
+        """The prompt-training settings of this study (one set of defaults with tune_prompt)."""
+        try:
+            return TrainingSettings(
+                epochs=self.epochs, lr=self.lr, head_lr=self.head_lr, batch_size=self.batch_size
+            )
+        except NeuronLensError as err:
+            raise ConfigError(f"config: {err}") from err
 
     @classmethod
     def from_dict(cls, raw: dict) -> StudyConfig:
@@ -280,8 +286,213 @@ def study_positions(cfg: StudyConfig, model, head):
     return {"prompt": PromptAndAnswer(), "answer": AnswerToken(), "pooled": Pooled()}[how]
 
 
+@dataclass
+class StudyRun:
+    """What the steps of one study share: its config, folder, model, data and results."""
+
+    cfg: StudyConfig
+    out: Path
+    model: object
+    task: object
+    train: object
+    val: object
+    evald: object
+    log: Callable[[str], None] = print
+    results: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a study.
+
+    ``uses``: the earlier steps whose results it takes (recomputing one recomputes this);
+    ``inputs``: the config fields it reads; ``load(run)``: its saved result, or ``None``
+    when there is none to reuse; ``compute(run)``: compute and save it; ``summary(run,
+    value)``: its entries of ``summary.json``."""
+
+    name: str
+    uses: tuple[str, ...]
+    inputs: tuple[str, ...]
+    load: Callable[[StudyRun], object]
+    compute: Callable[[StudyRun], object]
+    summary: Callable[[StudyRun, object], dict]
+
+
+def _readout(run: StudyRun) -> str:
+    return make_head(run.model, "auto", run.task, run.cfg.readout).readout
+
+
+def _load_prompts(run: StudyRun):
+    paths = [run.out / "prompts" / f"seed{s}" for s in run.cfg.seeds]
+    if not all(p.with_suffix(".safetensors").is_file() for p in paths):
+        return None
+    prompts = [PromptResult.load(p, run.model) for p in paths]
+    if any(p.head.readout != _readout(run) for p in prompts):
+        run.log(f"saved prompts were tuned with another readout than {_readout(run)!r}: re-tuning")
+        return None
+    return prompts
+
+
+def _tune_prompts(run: StudyRun):
+    prompts = []
+    for seed in run.cfg.seeds:
+        tuned = tune_prompt(
+            run.model,
+            run.task,
+            train=run.train,
+            validation=run.val,
+            readout=run.cfg.readout,
+            n_tokens=run.cfg.n_tokens,
+            settings=run.cfg.training(),
+            seed=seed,
+        )
+        tuned.save(run.out / "prompts" / f"seed{seed}")
+        prompts.append(tuned)
+    return prompts
+
+
+def _prompts_summary(run: StudyRun, prompts) -> dict:
+    acc = {p.seed: evaluate(run.model, p, run.evald, task=run.task).accuracy for p in prompts}
+    return {"prompt_accuracy": acc}
+
+
+def _load_predictivity(run: StudyRun):
+    path = run.out / "predictivity"
+    return (
+        NeuronScores.load(path, run.model) if path.with_suffix(".safetensors").is_file() else None
+    )
+
+
+def _predictivity(run: StudyRun):
+    prompts = run.results["prompts"]
+    skill = predictivity(
+        run.model,
+        prompts,
+        run.task,
+        run.evald,
+        train=run.train,
+        positions=study_positions(run.cfg, run.model, prompts[0].head),
+        one_vs_rest=None if run.task.num_labels == 2 else 0,
+    )
+    skill.save(run.out / "predictivity")
+    return skill
+
+
+def _predictivity_summary(run: StudyRun, skill) -> dict:
+    return {
+        "predictivity": {
+            "max": float(skill.flat().max()),
+            "top1pct_by_layer": skill.top(percent=1, per_layer=False).counts(),
+            "mean_by_layer": skill.by_layer(),
+            "positions": skill.meta.get("positions"),
+        }
+    }
+
+
+def _load_suppression(run: StudyRun):
+    path = run.out / "suppression.json"
+    if not path.is_file():
+        return None
+    try:
+        return SuppressionCurve(**json.loads(path.read_text()))
+    except (TypeError, ValueError):
+        run.log(f"{path} is damaged or from an older neuronlens: recomputing it")
+        return None
+
+
+def _suppression(run: StudyRun):
+    cfg = run.cfg
+    curve = suppression_curve(
+        run.model,
+        run.results["prompts"][0],
+        run.evald,
+        run.results["predictivity"],
+        task=run.task,
+        percents=cfg.suppression_percents,
+        random_repeats=cfg.random_repeats,
+        per_layer=cfg.per_layer,
+        ablation=cfg.ablation,
+        train=run.train,
+    )
+    (run.out / "suppression.json").write_text(json.dumps(asdict(curve), indent=2))
+    return curve
+
+
+def _load_pruning(run: StudyRun):
+    path = run.out / "pruning.json"
+    if not (path.is_file() and (run.out / "pruned").is_dir()):
+        return None
+    load_pruned(run.out / "pruned")  # the saved model loads
+    return json.loads(path.read_text())
+
+
+def _pruning(run: StudyRun):
+    cfg, model, tuned = run.cfg, run.model, run.results["prompts"][0]
+    attr = attribute(model, tuned, run.task, run.train, n=20)
+    attr.save(run.out / "attribution")
+    small = keep_top(model, attr, cfg.prune_keep)
+    retrain = cfg.training()
+    retuned = retrain_prompt(
+        small, tuned, run.task, train=run.train, max_steps=cfg.retrain_steps,
+        lr=retrain.lr, head_lr=retrain.head_lr * 0.1, batch_size=retrain.batch_size,
+    )  # fmt: skip
+    save_pruned(small, run.out / "pruned")
+    retuned.save(run.out / "pruned_prompt")
+    enc = model.encode([" ".join(["word"] * 100)] * 8)
+    lat = interleaved_latency({"full": model, "pruned": small}, enc, prompt=tuned.prompt)
+    pruning = {
+        "kept_ratio": small.pruning.kept_ratio,
+        "accuracy_before": evaluate(model, tuned, run.evald, task=run.task).accuracy,
+        "accuracy_pruned_no_retrain": evaluate(small, tuned, run.evald, task=run.task).accuracy,
+        "accuracy_pruned_retrained": evaluate(small, retuned, run.evald, task=run.task).accuracy,
+        "speedup_measured": round(lat["full"] / lat["pruned"], 3),
+    }
+    (run.out / "pruning.json").write_text(json.dumps(pruning, indent=2))
+    return pruning
+
+
+_DATA = ("model", "task", "data_dir", "train_size", "validation", "eval_split", "eval_size")
+STUDY_STEPS = (
+    Step(
+        "prompts",
+        (),
+        _DATA + ("n_tokens", "readout", "seeds", "epochs", "lr", "head_lr", "batch_size"),
+        _load_prompts,
+        _tune_prompts,
+        _prompts_summary,
+    ),  # fmt: skip
+    Step(
+        "predictivity",
+        ("prompts",),
+        _DATA + ("positions",),
+        _load_predictivity,
+        _predictivity,
+        _predictivity_summary,
+    ),  # fmt: skip
+    Step(
+        "suppression",
+        ("prompts", "predictivity"),
+        _DATA + ("suppression_percents", "random_repeats", "per_layer", "ablation"),
+        _load_suppression,
+        _suppression,
+        lambda run, curve: {"suppression": curve.rows()},
+    ),  # fmt: skip
+    Step(
+        "pruning",
+        ("prompts",),
+        _DATA + ("prune_keep", "retrain_steps", "lr", "head_lr", "batch_size"),
+        _load_pruning,
+        _pruning,
+        lambda run, p: {"pruning": p},
+    ),  # fmt: skip
+)
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
-    """Run (or resume) a study; returns the summary also written to ``out/summary.json``."""
+    """Run (or resume) a study; returns the summary also written to ``out/summary.json``.
+
+    Each step of :data:`STUDY_STEPS` is loaded from ``out`` when ``resume`` and none of
+    the steps it uses was recomputed; otherwise it is computed and saved."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -289,6 +500,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
     task = get_task(cfg.task)
     train, val, val_from = study_data(cfg, task)
     evald = task.load(cfg.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
+    run = StudyRun(cfg, out, model, task, train, val, evald, log)
     summary: dict = {
         "model": model.name,
         "task": task.name,
@@ -297,157 +509,35 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
         "validation": {"from": val_from, "n": len(val) if val else 0},
         "steps": {},
     }
-
     computed: set[str] = set()
-
-    def reuse(step: str) -> bool:
-        """Whether a saved result of ``step`` may be loaded: none of its inputs was recomputed."""
-        return resume and not (DEPENDS[step] & computed)
-
-    def done(step: str, seconds: float, loaded: bool) -> None:
+    for step in STUDY_STEPS:
+        t0 = time.perf_counter()
+        value = step.load(run) if resume and not computed & set(step.uses) else None
+        loaded = value is not None
         if not loaded:
-            computed.add(step)
-        summary["steps"][step] = {"seconds": round(seconds, 1), "loaded": loaded}
-        log(f"[{step}] {'loaded' if loaded else 'done'} in {seconds:.1f} s")
-
-    # 1. prompts
-    t0 = time.perf_counter()
-    readout = make_head(model, "auto", task, cfg.readout).readout
-    prompts, loaded = [], True
-    for seed in cfg.seeds:
-        path = out / "prompts" / f"seed{seed}"
-        if resume and path.with_suffix(".safetensors").is_file():
-            saved = PromptResult.load(path, model)
-            if saved.head.readout == readout:
-                prompts.append(saved)
-                continue
-            log(f"{path}: tuned with readout {saved.head.readout!r}, not {readout!r}: re-tuning")
-        loaded = False
-        tuned = tune_prompt(
-            model,
-            task,
-            train=train,
-            validation=val,
-            readout=cfg.readout,
-            n_tokens=cfg.n_tokens,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            head_lr=cfg.head_lr,
-            batch_size=cfg.batch_size,
-            seed=seed,
-        )
-        tuned.save(path)
-        prompts.append(tuned)
-    summary["prompt_accuracy"] = {
-        p.seed: evaluate(model, p, evald, task=task).accuracy for p in prompts
-    }
-    done("prompts", time.perf_counter() - t0, loaded)
-
-    # 2. predictivity
-    t0 = time.perf_counter()
-    pred_path = out / "predictivity"
-    binary = task.num_labels == 2
-    if reuse("predictivity") and pred_path.with_suffix(".safetensors").is_file():
-        skill = NeuronScores.load(pred_path, model)
-        done("predictivity", time.perf_counter() - t0, True)
-    else:
-        skill = predictivity(
-            model,
-            prompts,
-            task,
-            evald,
-            train=train,
-            positions=study_positions(cfg, model, prompts[0].head),
-            one_vs_rest=None if binary else 0,
-        )
-        skill.save(pred_path)
-        done("predictivity", time.perf_counter() - t0, False)
-    top = skill.top(percent=1)
-    summary["predictivity"] = {
-        "max": float(skill.flat().max()),
-        "top1pct_by_layer": top.counts(),
-        "mean_by_layer": skill.by_layer(),
-    }
-
-    # 3. suppression
-    t0 = time.perf_counter()
-    sup_path = out / "suppression.json"
-    curve = None
-    if reuse("suppression") and sup_path.is_file():
-        try:
-            curve = SuppressionCurve(**json.loads(sup_path.read_text()))
-        except (TypeError, ValueError):
-            log(f"{sup_path} is damaged or from an older neuronlens: recomputing it")
-    if curve is not None:
-        done("suppression", time.perf_counter() - t0, True)
-    else:
-        curve = suppression_curve(
-            model,
-            prompts[0],
-            evald,
-            skill,
-            task=task,
-            percents=cfg.suppression_percents,
-            random_repeats=cfg.random_repeats,
-            per_layer=cfg.per_layer,
-            ablation=cfg.ablation,
-            train=train,
-        )
-        sup_path.write_text(json.dumps(asdict(curve), indent=2))
-        done("suppression", time.perf_counter() - t0, False)
-    sup_rows = curve.rows()
-    summary["suppression"] = sup_rows
-
-    # 4. pruning
-    t0 = time.perf_counter()
-    prune_json = out / "pruning.json"
-    if reuse("pruning") and prune_json.is_file() and (out / "pruned").is_dir():
-        pruning = json.loads(prune_json.read_text())
-        load_pruned(out / "pruned")  # the saved model loads
-        done("pruning", time.perf_counter() - t0, True)
-    else:
-        attr = attribute(model, prompts[0], task, train, n=20)
-        attr.save(out / "attribution")
-        small = keep_top(model, attr, cfg.prune_keep)
-        retuned = retrain_prompt(
-            small,
-            prompts[0],
-            task,
-            train=train,
-            max_steps=cfg.retrain_steps,
-            lr=cfg.lr,
-            head_lr=cfg.head_lr * 0.1,
-            batch_size=cfg.batch_size,
-        )
-        save_pruned(small, out / "pruned")
-        retuned.save(out / "pruned_prompt")
-        enc = model.encode([" ".join(["word"] * 100)] * 8)
-        lat = interleaved_latency({"full": model, "pruned": small}, enc, prompt=prompts[0].prompt)
-        speed = round(lat["full"] / lat["pruned"], 3)
-        pruning = {
-            "kept_ratio": small.pruning.kept_ratio,
-            "accuracy_before": summary["prompt_accuracy"][prompts[0].seed],
-            "accuracy_pruned_no_retrain": evaluate(small, prompts[0], evald, task=task).accuracy,
-            "accuracy_pruned_retrained": evaluate(small, retuned, evald, task=task).accuracy,
-            "speedup_measured": speed,
-        }
-        prune_json.write_text(json.dumps(pruning, indent=2))
-        done("pruning", time.perf_counter() - t0, False)
-    summary["pruning"] = pruning
-
-    # 5. report
-    mean_acc = sum(summary["prompt_accuracy"].values()) / len(prompts)
-    figs = {
-        "Skill-neuron predictivity (layer × neuron)": neuron_heatmap(skill, top_percent=1),
-        "Predictivity and neuron accuracy": distributions(
-            {task.name: skill}, {task.name: mean_acc}
-        ).figure(),
-        "Suppression: top predictive vs random neurons": curve.figure(),
-    }
-    write_report(out / "report.html", summary, figs)
+            value = step.compute(run)
+            computed.add(step.name)
+        run.results[step.name] = value
+        summary.update(step.summary(run, value))
+        seconds = time.perf_counter() - t0
+        summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded}
+        log(f"[{step.name}] {'loaded' if loaded else 'done'} in {seconds:.1f} s")
+    write_report(out / "report.html", summary, _figures(run, summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log(f"report: {out / 'report.html'}")
     return summary
+
+
+def _figures(run: StudyRun, summary: dict) -> dict:
+    skill, name = run.results["predictivity"], run.task.name
+    accs = summary["prompt_accuracy"].values()
+    return {
+        "Skill-neuron predictivity (layer × neuron)": neuron_heatmap(skill, top_percent=1),
+        "Predictivity and neuron accuracy": distributions(
+            {name: skill}, {name: sum(accs) / len(accs)}
+        ).figure(),
+        "Suppression: top predictive vs random neurons": run.results["suppression"].figure(),
+    }
 
 
 def write_report(path: Path, summary: dict, figures: dict) -> None:

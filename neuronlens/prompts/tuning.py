@@ -4,7 +4,9 @@ A soft prompt is ``p`` trainable vectors in embedding space, placed before the i
 after it, where the head's ``readout`` says). Only the prompt (and a linear head, when the
 model answers through one) gets gradients; the model's weights stay bit for bit unchanged.
 Training uses AdamW, shuffled batches from a seeded generator, validation-based early
-stopping (the best prompt is kept), and a progress bar.
+stopping (the best prompt is kept), and a progress bar. How it trains is one
+:class:`TrainingSettings`, validated once and shared with the pruning searches and study
+configs.
 
     tuned = tune_prompt(model, get_task("sst2"), n_tokens=20, epochs=1, seed=0)
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -25,7 +28,90 @@ from neuronlens.prompts.heads import Head, class_logits, encode_task, make_head
 from neuronlens.prompts.results import DEFAULT_TOKENS, PromptResult, init_prompt
 from neuronlens.tasks import get_task
 
-# ---------------------------------------------------------------------------- training
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a prompt is trained. Checked when built, before any data is loaded.
+
+    Attributes:
+        epochs, max_steps: training length (``max_steps`` wins when given).
+        batch_size: examples per step.
+        lr, head_lr: AdamW learning rates of the prompt and of a trained head.
+        weight_decay: AdamW weight decay.
+        schedule, warmup_steps: ``"constant"`` learning rates, or ``"linear"``: decay to 0
+            over the training steps; either after a linear warm-up of ``warmup_steps``.
+        ema_decay: ``None`` validates and returns the trained weights; a decay in (0, 1),
+            e.g. 0.998, keeps an exponential moving average of the prompt and the trained
+            head parameters (decay ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t``) and
+            validates and returns the average instead.
+        eval_every: steps between validations (``None``: 4 times per epoch); training stops
+            after ``patience`` validations without a new best, never before ``min_steps``
+            (validations before it still pick the best prompt).
+        max_length: truncation of the rendered inputs, in tokens.
+        val_limit: validation examples drawn from the task's own validation split.
+    """
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 3e-2
+    head_lr: float = 1e-2
+    weight_decay: float = 1e-5
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    ema_decay: float | None = None
+    eval_every: int | None = None
+    patience: int = 3
+    min_steps: int = 0
+    max_length: int | None = 128
+    val_limit: int | None = 500
+
+    def __post_init__(self) -> None:
+        """Reject settings that would divide by zero, train nothing or climb the loss."""
+        _check_counts(self)
+        for name in ("lr", "head_lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise NeuronLensError(f"{name} must be a number >= 0, got {value!r}")
+        if self.schedule not in ("constant", "linear"):
+            raise NeuronLensError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if self.ema_decay is not None and (
+            isinstance(self.ema_decay, bool)
+            or not isinstance(self.ema_decay, int | float)
+            or not 0 < self.ema_decay < 1
+        ):
+            raise NeuronLensError(
+                f"ema_decay must be None or a number in (0, 1), e.g. 0.998; got {self.ema_decay!r}"
+            )
+
+    @classmethod
+    def of(cls, settings: TrainingSettings | None = None, **overrides) -> TrainingSettings:
+        """``settings`` (default: the defaults) with ``overrides``; an unknown name is an
+        error that lists the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise NeuronLensError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return replace(settings or cls(), **overrides)
+
+
+def _check_counts(s: TrainingSettings) -> None:
+    if s.batch_size < 1:
+        raise NeuronLensError(f"batch_size must be >= 1, got {s.batch_size}")
+    if s.max_steps is not None and s.max_steps < 1:
+        raise NeuronLensError(f"max_steps must be >= 1 (or None: use epochs), got {s.max_steps}")
+    if s.max_steps is None and not s.epochs > 0:
+        raise NeuronLensError(f"epochs must be > 0 (or give max_steps), got {s.epochs}")
+    if s.eval_every is not None and s.eval_every < 1:
+        raise NeuronLensError(
+            f"eval_every must be >= 1 steps (or None: 4 times per epoch), got {s.eval_every}"
+        )
+    if s.patience < 1:
+        raise NeuronLensError(f"patience must be >= 1 validation, got {s.patience}")
+    if s.min_steps < 0:
+        raise NeuronLensError(f"min_steps must be >= 0, got {s.min_steps}")
+    if s.warmup_steps < 0:
+        raise NeuronLensError(f"warmup_steps must be >= 0, got {s.warmup_steps}")
 
 
 def training_splits(task, train, validation, data_dir, val_limit):
@@ -48,51 +134,131 @@ def training_splits(task, train, validation, data_dir, val_limit):
     return task, train, validation
 
 
-def _check_training_settings(
-    *,
-    batch_size,
-    epochs,
-    max_steps,
-    eval_every,
-    patience,
-    min_steps,
-    lr,
-    head_lr,
-    schedule,
-    warmup_steps,
-    ema_decay,
-):
-    """Reject settings that would divide by zero, train nothing, climb the loss, or that
-    name no schedule or moving average (before any data is loaded)."""
-    if batch_size < 1:
-        raise NeuronLensError(f"batch_size must be >= 1, got {batch_size}")
-    if max_steps is not None and max_steps < 1:
-        raise NeuronLensError(f"max_steps must be >= 1 (or None: use epochs), got {max_steps}")
-    if max_steps is None and not epochs > 0:
-        raise NeuronLensError(f"epochs must be > 0 (or give max_steps), got {epochs}")
-    if eval_every is not None and eval_every < 1:
-        raise NeuronLensError(
-            f"eval_every must be >= 1 steps (or None: 4 times per epoch), got {eval_every}"
+def lr_factor(step: int, total: int, *, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """Learning-rate multiplier for optimizer step ``step`` (0-based) of ``total``.
+
+    Unlike ``transformers.get_linear_schedule_with_warmup`` the warm-up's first step already
+    trains (factor ``1 / warmup_steps``, not 0)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup_steps))
+    return 1.0
+
+
+class _Trainer:
+    """One prompt-tuning run: the trainable prompt (after any fixed rows), the head, the
+    optimizer, the moving average, and the best validated state."""
+
+    def __init__(self, model, head: Head, start: Tensor, settings: TrainingSettings, n_train):
+        self.model, self.head, self.s = model, head, settings
+        self.fixed = head.fixed_rows(model).to(start)
+        self.prompt = torch.nn.Parameter(start[len(self.fixed) :].clone())
+        groups = [{"params": [self.prompt], "lr": settings.lr}] if self.prompt.shape[0] else []
+        head_params = [p for p in head.parameters() if p.requires_grad]
+        if head_params:
+            groups.append({"params": head_params, "lr": settings.head_lr})
+        if not groups:
+            raise NeuronLensError(
+                "nothing to train: n_tokens=0 trains only a linear head (a frozen linear "
+                "probe); with a verbalizer use n_tokens >= 1"
+            )
+        self.opt = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+        steps_per_epoch = math.ceil(n_train / settings.batch_size)
+        self.total = settings.max_steps or max(1, round(settings.epochs * steps_per_epoch))
+        self.eval_every = settings.eval_every or max(1, steps_per_epoch // 4)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt,
+            lambda i: lr_factor(
+                i, self.total, schedule=settings.schedule, warmup_steps=settings.warmup_steps
+            ),
         )
-    if patience < 1:
-        raise NeuronLensError(f"patience must be >= 1 validation, got {patience}")
-    if min_steps < 0:
-        raise NeuronLensError(f"min_steps must be >= 0, got {min_steps}")
-    for name, value in (("lr", lr), ("head_lr", head_lr)):
-        if not value >= 0:
-            raise NeuronLensError(f"{name} must be >= 0 (a learning rate), got {value}")
-    if schedule not in ("constant", "linear"):
-        raise NeuronLensError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
-    if warmup_steps < 0:
-        raise NeuronLensError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if ema_decay is not None and (
-        isinstance(ema_decay, bool)
-        or not isinstance(ema_decay, (int, float))
-        or not 0 < ema_decay < 1
-    ):
-        raise NeuronLensError(
-            f"ema_decay must be None or a number in (0, 1), e.g. 0.998; got {ema_decay!r}"
+        # what is validated and returned: the trained weights, or their moving average
+        ema = settings.ema_decay is not None
+        self.avg_prompt = self.prompt.detach().clone() if ema else self.prompt
+        self.avg_head = copy.deepcopy(head) if ema else head
+        self.best_acc, self.best_state, self.bad, self.history, self.losses = -1.0, None, 0, [], []
+
+    def whole(self, trainable: Tensor) -> Tensor:
+        """The prompt the model sees: the fixed rows, then the trained ones."""
+        return torch.cat([self.fixed, trainable]) if len(self.fixed) else trainable
+
+    def step(self, step: int, enc, labels) -> None:
+        logits = self.head.class_logits(self.model, enc, self.whole(self.prompt))
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise NeuronLensError(
+                f"the training loss became {float(loss)} at step {step}; lower lr"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        if self.s.ema_decay is not None:
+            with torch.no_grad():
+                weight = 1 - min(self.s.ema_decay, (1 + step) / (10 + step))
+                trained = [self.prompt, *self.head.parameters()]
+                averaged = [self.avg_prompt, *self.avg_head.parameters()]
+                for avg, now in zip(averaged, trained, strict=True):
+                    avg.lerp_(now, weight)
+        self.losses.append(loss.item())
+
+    def validate(self, step: int, enc_val, val_labels: Tensor) -> bool:
+        """Validate; keep the best state; whether training should stop (patience)."""
+        prompt = self.whole(self.avg_prompt.detach())
+        pred = class_logits(self.model, self.avg_head, prompt, enc_val).argmax(-1).cpu()
+        acc = float((pred == val_labels).float().mean())
+        self.history.append({"step": step, "train_loss": self.recent_loss(), "val_accuracy": acc})
+        if acc > self.best_acc:
+            self.best_acc, self.bad = acc, 0
+            self.best_state = (
+                self.avg_prompt.detach().clone(),
+                {k: v.clone() for k, v in self.avg_head.state_dict().items()},
+            )
+            return False
+        self.bad += 1
+        return self.bad >= self.s.patience and step >= self.s.min_steps
+
+    def recent_loss(self) -> float:
+        last = self.losses[-self.eval_every :]
+        return sum(last) / len(last)
+
+    def finish(self) -> tuple[Tensor, float | None]:
+        """Load the best validated state (without validation: the final average, or the
+        weights as they are); return the whole prompt and the best validation accuracy."""
+        ema = self.s.ema_decay is not None
+        keep = self.best_state or ((self.avg_prompt, self.avg_head.state_dict()) if ema else None)
+        if keep is not None:
+            with torch.no_grad():
+                self.prompt.copy_(keep[0])
+            self.head.load_state_dict(keep[1])
+        if not self.history:
+            self.history.append(
+                {"step": self.total, "train_loss": self.recent_loss(), "val_accuracy": None}
+            )
+        self.head.requires_grad_(False)
+        best = None if self.best_state is None else self.best_acc
+        return self.whole(self.prompt.detach()), best
+
+
+def _start_prompt(model, hd: Head, init, n_tokens: int, seed: int) -> Tensor:
+    """The prompt training starts from, checked against the model and the head's readout."""
+    start = init.detach().clone() if init is not None else init_prompt(model, n_tokens, seed=seed)
+    if start.dim() != 2 or start.shape[1] != model.d_model:
+        raise ShapeMismatchError(
+            f"init prompt must be [n_tokens, {model.d_model}], got {list(start.shape)}"
         )
+    n_fixed = len(hd.fixed_rows(model))
+    if hd.readout == "prompt" and start.shape[0] == 0:
+        raise NeuronLensError(
+            "readout 'prompt' reads the answer at a soft-prompt position: n_tokens must be >= 1"
+        )
+    if n_fixed and start.shape[0] <= n_fixed:
+        raise NeuronLensError(
+            f"readout {hd.readout!r} puts {n_fixed} fixed token(s) at the start of the "
+            f"prompt: n_tokens must be at least {n_fixed + 1}, got {start.shape[0]}"
+        )
+    return start.to(model.device, model.dtype)
 
 
 def tune_prompt(
@@ -105,23 +271,11 @@ def tune_prompt(
     readout: str = "auto",
     n_tokens: int = DEFAULT_TOKENS,
     init: Tensor | None = None,
-    epochs: float = 1.0,
-    max_steps: int | None = None,
-    batch_size: int = 16,
-    lr: float = 3e-2,
-    head_lr: float = 1e-3,
-    weight_decay: float = 1e-5,
-    schedule: str = "constant",
-    warmup_steps: int = 0,
-    ema_decay: float | None = None,
-    eval_every: int | None = None,
-    patience: int = 3,
-    min_steps: int = 0,
     seed: int = 0,
-    max_length: int | None = 128,
+    settings: TrainingSettings | None = None,
     data_dir=None,
-    val_limit: int | None = 500,
     progress: bool | None = None,
+    **training,
 ) -> PromptResult:
     """Tune a soft prompt (and a linear head) for ``task`` on a frozen ``model``.
 
@@ -130,17 +284,10 @@ def tune_prompt(
         train, validation: task splits; default ``task.load("train")`` and a seeded subset
             of ``val_limit`` examples of ``task.load("validation")`` (from ``data_dir`` /
             ``$NEURONLENS_DATA_DIR``); ``validation=False``: no validation, no early stopping.
-            (SST-2's held-out rows are mostly phrases of training sentences; pass
-            ``sentence_disjoint_split(...)`` splits for validation that tracks GLUE dev.)
         head: ``"auto"`` (verbalizer if the model has a trained LM head, else linear),
-            ``"verbalizer"``, ``"linear"`` or a :class:`Head`. A given head is used as it is:
-            its parameters train only where they require grad, and the heads of tuned results
-            are frozen, so ``head=probe.head`` (``probe`` from :func:`fit_linear_probe`)
-            tunes a prompt against a fixed, already fitted linear probe, and
-            ``head=probe.head.trainable_copy()`` trains the prompt and a head started from
-            the probe (on MiniLM / SST-2, GLUE dev: 81.3 % and 82.5 % for seeds 0 and 1,
-            the probe alone 79.6 %, validated on sentences split off by
-            :func:`~neuronlens.tasks.sentence_disjoint_split`).
+            ``"verbalizer"``, ``"linear"`` or a :class:`Head`, used as it is: its parameters
+            train only where they require grad (``head=probe.head.trainable_copy()`` trains
+            a head that starts from a fitted probe).
         readout: where the head reads the answer (:mod:`neuronlens.prompts.heads`):
             ``"prompt"`` (at a soft-prompt position, as the original skill-neuron code does;
             on a masked LM prompt position 0 is then the mask token's embedding and is not
@@ -148,40 +295,19 @@ def tune_prompt(
             ``"pool"``, or ``"auto"`` (``"prompt"`` on causal LMs and T5). The result records
             it, and every later call reads the answer there.
         n_tokens: prompt length ``p`` (100 in the robustness paper, 20 for SKELETON / SKIP);
-            0 with a linear head trains the head alone by AdamW (:func:`fit_linear_probe`
-            fits that baseline to the optimum).
-        init: start from this prompt (``[p, d_model]``) instead of vocabulary embeddings,
-            e.g. to re-train a prompt after pruning.
-        epochs, max_steps: training length (``max_steps`` wins when both are given).
-        lr, head_lr: AdamW learning rates of the prompt and of a linear head.
-        schedule, warmup_steps: ``"constant"`` learning rates, or ``"linear"``: decay to 0 over
-            the training steps; either after a linear warm-up of ``warmup_steps``.
-        ema_decay: ``None`` validates and returns the trained weights themselves; a decay in
-            (0, 1), e.g. 0.998, keeps an exponential moving average of the prompt and the
-            trained head parameters (Polyak averaging, decay ``min(ema_decay, (1 + t) /
-            (10 + t))`` at step ``t``) and validates and returns the average instead.
-        eval_every: steps between validations (default: 4 times per epoch); early stopping
-            after ``patience`` validations without improvement; the best prompt is returned.
-        min_steps: no early stop before this step; validations up to it still pick the best
-            prompt. On a small validation set whose score jumps while the learning rate is
-            high, an early lucky best can otherwise end training before the decay.
-        seed: initialisation and batch order (same seed, same prompt, bit for bit).
+            0 with a linear head trains the head alone.
+        init: start from this prompt (``[p, d_model]``), e.g. to re-train after pruning.
+        seed: initialisation and batch order (same seed, same prompt, bit for bit, at the
+            same thread count).
+        settings, training: a :class:`TrainingSettings`, and any of its fields as keywords
+            (``epochs=2, lr=3e-2, ...``), which override it.
+
+    Examples:
+        >>> tuned = tune_prompt(model, task, n_tokens=20, epochs=2, seed=0)  # doctest: +SKIP
+        >>> tuned.head.readout, tuned.val_accuracy                          # doctest: +SKIP
     """
-    _check_training_settings(
-        batch_size=batch_size,
-        epochs=epochs,
-        max_steps=max_steps,
-        eval_every=eval_every,
-        patience=patience,
-        min_steps=min_steps,
-        lr=lr,
-        head_lr=head_lr,
-        schedule=schedule,
-        warmup_steps=warmup_steps,
-        ema_decay=ema_decay,
-    )
-    task, train, validation = training_splits(task, train, validation, data_dir, val_limit)
-    gen = torch.Generator().manual_seed(seed)
+    s = TrainingSettings.of(settings, **training)
+    task, train, validation = training_splits(task, train, validation, data_dir, s.val_limit)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # linear-head initialisation
         hd = make_head(model, head, task, readout).to(model.device)
@@ -189,135 +315,37 @@ def tune_prompt(
         raise ShapeMismatchError(
             f"head has {hd.n_classes} classes, task {task.name!r} has {task.num_labels}"
         )
-    start = init.detach().clone() if init is not None else init_prompt(model, n_tokens, seed=seed)
-    if start.dim() != 2 or start.shape[1] != model.d_model:
-        raise ShapeMismatchError(
-            f"init prompt must be [n_tokens, {model.d_model}], got {list(start.shape)}"
-        )
-    start = start.to(model.device, model.dtype)
-    # rows the prompt starts with that stay fixed (a masked LM's mask embedding, readout
-    # "prompt"); only the rest trains
-    fixed = hd.fixed_rows(model).to(start)
-    if hd.readout == "prompt" and start.shape[0] == 0:
-        raise NeuronLensError(
-            "readout 'prompt' reads the answer at a soft-prompt position: n_tokens must be >= 1"
-        )
-    if len(fixed) and start.shape[0] <= len(fixed):
-        raise NeuronLensError(
-            f"readout {hd.readout!r} puts {len(fixed)} fixed token(s) at the start of the "
-            f"prompt: n_tokens must be at least {len(fixed) + 1}, got {start.shape[0]}"
-        )
-    prompt = torch.nn.Parameter(start[len(fixed) :].clone())
-
-    def whole(trainable: Tensor) -> Tensor:
-        return torch.cat([fixed, trainable]) if len(fixed) else trainable
-
-    groups = [{"params": [prompt], "lr": lr}] if prompt.shape[0] else []
-    head_params = [p for p in hd.parameters() if p.requires_grad]
-    if head_params:
-        groups.append({"params": head_params, "lr": head_lr})
-    if not groups:
-        raise NeuronLensError(
-            "nothing to train: n_tokens=0 trains only a linear head (a frozen linear probe); "
-            "with a verbalizer use n_tokens >= 1"
-        )
-    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    # what is validated and returned: the trained weights, or their moving average
-    avg_prompt, avg_head = (
-        (prompt, hd) if ema_decay is None else (prompt.detach().clone(), copy.deepcopy(hd))
-    )
-    trained = [prompt, *hd.parameters()]
-    averaged = [avg_prompt, *avg_head.parameters()]
-
-    enc_train = encode_task(model, hd, task, train, max_length=max_length)
+    trainer = _Trainer(model, hd, _start_prompt(model, hd, init, n_tokens, seed), s, len(train))
+    enc_train = encode_task(model, hd, task, train, max_length=s.max_length)
     labels = torch.tensor(train.labels, device=model.device)
     enc_val = (
         None
         if validation is None
-        else encode_task(model, hd, task, validation, max_length=max_length)
+        else encode_task(model, hd, task, validation, max_length=s.max_length)
     )
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    total = max_steps if max_steps is not None else max(1, round(epochs * steps_per_epoch))
-    eval_every = eval_every or max(1, steps_per_epoch // 4)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: lr_factor(i, total, schedule=schedule, warmup_steps=warmup_steps)
-    )
-
-    def val_accuracy() -> float:
-        logits = class_logits(model, avg_head, whole(avg_prompt.detach()), enc_val)
-        return float((logits.argmax(-1).cpu() == torch.tensor(validation.labels)).float().mean())
-
-    best_acc, best_state, bad, history, losses = -1.0, None, 0, [], []
-    order = torch.randperm(len(train), generator=gen)
-    cursor = 0
-    bar = tqdm(
-        total=total,
-        desc=f"prompt tuning {task.name} (seed {seed})",
-        disable=not (progress if progress is not None else total >= 20),
-        leave=False,
-    )
+    val_labels = None if validation is None else torch.tensor(validation.labels)
+    gen = torch.Generator().manual_seed(seed)
+    order, cursor = torch.randperm(len(train), generator=gen), 0
+    show = progress if progress is not None else trainer.total >= 20
+    bar = tqdm(total=trainer.total, desc=f"prompt tuning {task.name} (seed {seed})",
+               disable=not show, leave=False)  # fmt: skip
     try:
-        for step in range(1, total + 1):
+        for step in range(1, trainer.total + 1):
             if cursor >= len(order):
                 order, cursor = torch.randperm(len(train), generator=gen), 0
-            rows = order[cursor : cursor + batch_size].to(model.device)
-            cursor += batch_size
-            logits = hd.class_logits(model, enc_train[rows], whole(prompt))
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows])
-            if not torch.isfinite(loss):
-                raise NeuronLensError(
-                    f"the training loss became {float(loss)} at step {step}; lower lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema_decay is not None:
-                with torch.no_grad():
-                    weight = 1 - min(ema_decay, (1 + step) / (10 + step))
-                    for avg, now in zip(averaged, trained, strict=True):
-                        avg.lerp_(now, weight)
-            losses.append(loss.item())
+            rows = order[cursor : cursor + s.batch_size].to(model.device)
+            cursor += s.batch_size
+            trainer.step(step, enc_train[rows], labels[rows])
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if enc_val is not None and (step % eval_every == 0 or step == total):
-                acc = val_accuracy()
-                history.append(
-                    {
-                        "step": step,
-                        "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:]),
-                        "val_accuracy": acc,
-                    }
-                )
-                if acc > best_acc:
-                    best_acc, bad = acc, 0
-                    best_state = (
-                        avg_prompt.detach().clone(),
-                        {k: v.clone() for k, v in avg_head.state_dict().items()},
-                    )
-                else:
-                    bad += 1
-                    if bad >= patience and step >= min_steps:
-                        break
+            bar.set_postfix(loss=f"{trainer.losses[-1]:.3f}")
+            due = enc_val is not None and (step % trainer.eval_every == 0 or step == trainer.total)
+            if due and trainer.validate(step, enc_val, val_labels):
+                break
     finally:
         bar.close()
-    # the best validated state; without validation the final average (or weights as they are)
-    keep = best_state or (None if ema_decay is None else (avg_prompt, avg_head.state_dict()))
-    if keep is not None:
-        with torch.no_grad():
-            prompt.copy_(keep[0])
-        hd.load_state_dict(keep[1])
-    if not history:
-        history.append(
-            {
-                "step": total,
-                "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:]),
-                "val_accuracy": None,
-            }
-        )
-    hd.requires_grad_(False)
+    prompt, best = trainer.finish()
     return PromptResult(
-        prompt=whole(prompt.detach()),
+        prompt=prompt,
         head=hd,
         task=task.name,
         label_space=task.label_space,
@@ -325,22 +353,10 @@ def tune_prompt(
         seed=seed,
         model_name=model.name,
         model_kind=model.kind.value,
-        val_accuracy=None if best_state is None else best_acc,
-        history=history,
+        val_accuracy=best,
+        history=trainer.history,
         train_size=len(train),
     )
-
-
-def lr_factor(step: int, total: int, *, schedule: str = "constant", warmup_steps: int = 0) -> float:
-    """Learning-rate multiplier for optimizer step ``step`` (0-based) of ``total``.
-
-    Unlike ``transformers.get_linear_schedule_with_warmup`` the warm-up's first step already
-    trains (factor ``1 / warmup_steps``, not 0)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "linear":
-        return max(0.0, (total - step) / max(1, total - warmup_steps))
-    return 1.0
 
 
 def tune_prompts(
