@@ -23,6 +23,7 @@ from neuronlens.probes.attribution import (
 from neuronlens.probes.base import (
     Probe,
     ProbeInfo,
+    ProbeRun,
     collect_state,
     init_distributed,
     reduce_state,
@@ -44,6 +45,7 @@ __all__ = [
     "NeuronSet",
     "Probe",
     "ProbeInfo",
+    "ProbeRun",
     "SpearmanResult",
     "attribute",
     "collect_state",

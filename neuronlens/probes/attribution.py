@@ -32,7 +32,7 @@ from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
-from neuronlens.probes.base import Probe, ProbeInfo, State, run_probe
+from neuronlens.probes.base import Probe, ProbeInfo, ProbeRun, State, run_probe
 from neuronlens.prompts.heads import render_texts
 
 
@@ -77,19 +77,10 @@ class AttributionMethod:
         def fwd(enc, prompt, grads):
             return tuned.head.class_logits(model, enc, prompt, embeds_require_grad=grads)
 
-        return run_probe(
-            model,
-            AttributionProbe(self, include_prompt),
-            data_c,
-            sites=chosen,
-            prompt=tuned.prompt if tuned.n_tokens else None,
-            forward=fwd,
-            objective=gold_logit,
-            task=getattr(data, "task", None),
-            batch_size=batch_size,
-            progress=progress,
-            meta=meta,
-        )
+        prompt = tuned.prompt if tuned.n_tokens else None
+        run = ProbeRun(chosen, prompt, fwd, gold_logit, batch_size, progress)
+        probe = AttributionProbe(self, include_prompt)
+        return run_probe(model, probe, data_c, run=run, task=getattr(data, "task", None), meta=meta)
 
 
 class GradientXActivation(AttributionMethod):

@@ -29,7 +29,8 @@ A custom probe in a few lines (fraction of tokens on which each neuron fires)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -138,33 +139,55 @@ def reduce_state(state: State) -> State:
     return state
 
 
+@dataclass(frozen=True, eq=False)
+class ProbeRun:
+    """How a probe runs, in one object: the sites, the soft prompt and the forward pass that
+    places it (a head's ``class_logits``), the objective whose gradients a gradient probe
+    receives, batching and the progress bar. The probe itself says which positions it reads
+    and whether it needs gradients."""
+
+    sites: SiteSpec | Sequence[SiteSpec] | None = None
+    prompt: Tensor | None = None
+    forward: Callable | None = None
+    objective: Callable | None = None
+    batch_size: int = 32
+    progress: bool | None = None
+
+    @classmethod
+    def of(cls, run: ProbeRun | None = None, **fields_) -> ProbeRun:
+        """``run`` (default: the defaults) with ``fields_`` replaced."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields_) - known)
+        if unknown:
+            raise NeuronLensError(f"unknown probe option(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(run or cls(), **fields_)
+
+
 def collect_state(
     model: NeuronModel,
     probe: Probe,
     data,
     *,
-    sites: SiteSpec | Sequence[SiteSpec] | None = None,
+    run: ProbeRun | None = None,
     labels=None,
-    prompt: Tensor | None = None,
-    forward=None,
-    objective=None,
-    batch_size: int = 32,
-    progress: bool | None = None,
     distributed: bool = True,
+    **options,
 ) -> tuple[State, list[Site], int]:
     """Run ``probe`` over ``data`` and return its (process-reduced) state.
 
-    The data is sharded over processes when torch.distributed is initialised (and
+    ``run`` (a :class:`ProbeRun`) and ``options`` (any of its fields, which override it) say
+    how. The data is sharded over processes when torch.distributed is initialised (and
     ``distributed``); the states are then summed across processes, so every process holds
     the state of the whole data.
     """
+    run = ProbeRun.of(run, **options)
     cdata = data if isinstance(data, CaptureData) else as_capture_data(model, data, labels)
     if len(cdata) == 0:
         raise EmptyDataError("the probe got no examples")
     n_total = len(cdata)
     if distributed:
         cdata = shard(cdata)
-    chosen = model.select_sites(sites)
+    chosen = model.select_sites(run.sites)
     state = probe.init_state(chosen)
     capture(
         model,
@@ -172,12 +195,12 @@ def collect_state(
         lambda sb: probe.update(state, sb),
         sites=chosen,
         positions=probe.positions,
-        prompt=prompt,
+        prompt=run.prompt,
         grads=probe.needs_grads,
-        objective=objective,
-        forward=forward,
-        batch_size=batch_size,
-        progress=progress,
+        objective=run.objective,
+        forward=run.forward,
+        batch_size=run.batch_size,
+        progress=run.progress,
     )
     if distributed:
         state = reduce_state(state)
@@ -189,29 +212,19 @@ def run_probe(
     probe: Probe,
     data,
     *,
-    sites: SiteSpec | Sequence[SiteSpec] | None = None,
+    run: ProbeRun | None = None,
     labels=None,
-    prompt: Tensor | None = None,
-    forward=None,
-    objective=None,
     task: str | None = None,
-    batch_size: int = 32,
-    progress: bool | None = None,
     meta: dict | None = None,
+    **options,
 ) -> NeuronScores:
-    """Run a probe and finish it into :class:`NeuronScores` (in every process)."""
-    state, chosen, n = collect_state(
-        model,
-        probe,
-        data,
-        sites=sites,
-        labels=labels,
-        prompt=prompt,
-        forward=forward,
-        objective=objective,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    """Run a probe and finish it into :class:`NeuronScores` (in every process); ``run`` and
+    ``options`` as in :func:`collect_state`.
+
+    Examples:
+        >>> rates = run_probe(model, FiringRate(), texts, batch_size=16)  # doctest: +SKIP
+    """
+    state, chosen, n = collect_state(model, probe, data, run=run, labels=labels, **options)
     info = ProbeInfo(model, n, dict(meta or {}))
     scores = probe.finish(state, chosen, info)
     return NeuronScores(

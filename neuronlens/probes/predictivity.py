@@ -24,6 +24,7 @@ which no neuron varies across the dev examples, or scores that are all the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -47,7 +48,7 @@ from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
-from neuronlens.probes.base import Probe, State, collect_state
+from neuronlens.probes.base import Probe, ProbeRun, State, collect_state
 from neuronlens.prompts.heads import render_texts
 from neuronlens.prompts.results import PromptResult
 
@@ -184,14 +185,67 @@ def _still_positions(state: State, sites: Sequence[Site]) -> list[int]:
     return (~varies).nonzero().flatten().tolist()
 
 
-def _baselines(model, probe_kwargs, pr, k, chosen, baselines, train_data, positions):
+def _baselines(model, run, k, chosen, baselines, train_data, positions):
     if baselines is not None:
         key = f"baseline_{k}"
         if key not in baselines.extra:
             raise NeuronLensError(f"the given baselines hold no {key} (fewer prompts?)")
         return {s.name: baselines.extra[key][s.name] for s in chosen}
-    st, _, _ = collect_state(model, BaselineProbe(positions), train_data, **probe_kwargs)
+    st, _, _ = collect_state(model, BaselineProbe(positions), train_data, run=run)
     return {s.name: st[f"{s.name}/sum"] / _counts(st, s, "train").unsqueeze(-1) for s in chosen}
+
+
+@dataclass
+class _Inputs:
+    """What every prompt's pass shares: data, sites, positions, labels, batching."""
+
+    task: object
+    dev: object
+    train: object
+    baselines: NeuronScores | None
+    chosen: list[Site]
+    positions: Positions
+    dev_labels: torch.Tensor
+    batch_size: int
+    max_length: int | None
+    progress: bool | None
+
+
+def _one_prompt(model: NeuronModel, k: int, pr: PromptResult, x: _Inputs):
+    """``(pred, signed acc, per-position pred, baselines)`` of prompt ``k``, per site."""
+    if pr.d_model != model.d_model:
+        raise ShapeMismatchError(f"prompt {k} has width {pr.d_model}, the model {model.d_model}")
+    pr.head.check_model(model)
+
+    def fwd(enc, prompt, grads, head=pr.head):
+        return head.class_logits(model, enc, prompt, embeds_require_grad=grads)
+
+    prompt = pr.prompt if pr.n_tokens else None
+    run = ProbeRun(x.chosen, prompt, fwd, batch_size=x.batch_size, progress=x.progress)
+    train_data = None
+    if x.baselines is None:
+        texts = render_texts(model, pr.head, x.task, x.train)
+        train_data = CaptureData(texts=texts, max_length=x.max_length)
+    bsl = _baselines(model, run, k, x.chosen, x.baselines, train_data, x.positions)
+    texts = render_texts(model, pr.head, x.task, x.dev)
+    data = CaptureData(texts=texts, labels=x.dev_labels, max_length=x.max_length)
+    st, _, _ = collect_state(model, NeuronAccuracyProbe(bsl, x.positions), data, run=run)
+    still = _still_positions(st, x.chosen)
+    if still:
+        raise DegenerateScoresError(
+            f"prompt {k}: at selected positions {still} no neuron's activation varies "
+            f"across the {len(x.dev)} dev examples, so predictivity there would rank noise. "
+            f"If the model is a causal LM: {_BLIND}"
+        )
+    pred, signed, per_pos = {}, {}, {}
+    for s in x.chosen:
+        acc = st[f"{s.name}/correct"].double() / _counts(st, s, "dev").unsqueeze(-1)
+        pred_pos = torch.maximum(acc, 1 - acc)  # [n positions, width]
+        best = pred_pos.argmax(0)
+        pred[s.name] = pred_pos.max(0).values
+        signed[s.name] = acc.gather(0, best.unsqueeze(0)).squeeze(0)
+        per_pos[s.name] = pred_pos
+    return pred, signed, per_pos, bsl
 
 
 def predictivity(
@@ -229,11 +283,14 @@ def predictivity(
             ``Pooled(AllTokens(include_prompt=False))`` where a pooled linear head reads.
             Positions that cannot see the input are an error.
         one_vs_rest: for multi-class labels, the class probed against the rest.
+
+    Examples:
+        >>> skill = predictivity(model, prompts, task, dev, train=train)  # doctest: +SKIP
+        >>> skill.top(percent=1, per_layer=True)                         # doctest: +SKIP
     """
     prompts = [prompts] if isinstance(prompts, PromptResult) else list(prompts)
     if not prompts:
         raise NeuronLensError("predictivity needs at least one tuned prompt")
-    positions = positions or PromptAndAnswer()
     if baselines is None and train is None:
         raise NeuronLensError("give train= (to compute baselines) or baselines= (to reuse them)")
     if len(dev) == 0 or (train is not None and len(train) == 0):
@@ -241,84 +298,40 @@ def predictivity(
     if sites is None and model.kind is ModelKind.ENCODER_DECODER:
         sites = [s for s in model.sites if s.stack == "encoder_blocks"]
     chosen = model.select_sites(sites)
-    dev_labels = _labels(dev, one_vs_rest)
-    per_prompt_pred, per_prompt_acc, per_position, new_baselines = [], [], [], {}
-    for k, pr in enumerate(prompts):
-        if pr.d_model != model.d_model:
-            raise ShapeMismatchError(
-                f"prompt {k} has width {pr.d_model}, the model {model.d_model}"
-            )
-        pr.head.check_model(model)
+    positions = positions or PromptAndAnswer()
+    x = _Inputs(task, dev, train, baselines, chosen, positions, _labels(dev, one_vs_rest),
+                batch_size, max_length, progress)  # fmt: skip
+    per_prompt = [_one_prompt(model, k, pr, x) for k, pr in enumerate(prompts)]
 
-        def fwd(enc, prompt, grads, head=pr.head):
-            return head.class_logits(model, enc, prompt, embeds_require_grad=grads)
+    def mean(i):
+        return {
+            s.name: torch.stack([p[i][s.name] for p in per_prompt]).mean(0).float() for s in chosen
+        }
 
-        kwargs = dict(
-            sites=chosen,
-            prompt=pr.prompt if pr.n_tokens else None,
-            forward=fwd,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        train_data = None
-        if baselines is None:
-            texts = render_texts(model, pr.head, task, train)
-            train_data = CaptureData(texts=texts, max_length=max_length)
-        bsl = _baselines(model, kwargs, pr, k, chosen, baselines, train_data, positions)
-        new_baselines[f"baseline_{k}"] = bsl
-        data = CaptureData(
-            texts=render_texts(model, pr.head, task, dev), labels=dev_labels, max_length=max_length
-        )
-        st, _, _ = collect_state(model, NeuronAccuracyProbe(bsl, positions), data, **kwargs)
-        still = _still_positions(st, chosen)
-        if still:
-            raise DegenerateScoresError(
-                f"prompt {k}: at selected positions {still} no neuron's activation varies "
-                f"across the {len(dev)} dev examples, so predictivity there would rank noise. "
-                f"If the model is a causal LM: {_BLIND}"
-            )
-        pred_k, acc_k, pos_k = {}, {}, {}
-        for s in chosen:
-            acc = st[f"{s.name}/correct"].double() / _counts(st, s, "dev").unsqueeze(-1)
-            pred_pos = torch.maximum(acc, 1 - acc)  # [n positions, width]
-            best = pred_pos.argmax(0)
-            pred_k[s.name] = pred_pos.max(0).values
-            acc_k[s.name] = acc.gather(0, best.unsqueeze(0)).squeeze(0)
-            pos_k[s.name] = pred_pos
-        per_prompt_pred.append(pred_k)
-        per_prompt_acc.append(acc_k)
-        per_position.append(pos_k)
-
-    def mean(dicts):
-        return {s.name: torch.stack([d[s.name] for d in dicts]).mean(0).float() for s in chosen}
-
-    scores = mean(per_prompt_pred)
+    scores = mean(0)
     flat = torch.cat([scores[s.name] for s in chosen])
     if bool((flat == flat[0]).all()):
         raise DegenerateScoresError(
             f"every one of the {flat.numel()} neurons has predictivity {float(flat[0]):.4f}: "
             "the map ranks nothing (check the positions, the prompt and the labels)"
         )
-    same_n = len({d[chosen[0].name].shape for d in per_position}) == 1
+    same_n = len({p[2][chosen[0].name].shape for p in per_prompt}) == 1
+    meta = {
+        "prompt_task": prompts[0].task,
+        "seeds": [pr.seed for pr in prompts],
+        "n_prompts": len(prompts),
+        "prompt_tokens": [pr.n_tokens for pr in prompts],
+        "readout": [pr.head.readout for pr in prompts],
+        "positions": repr(positions),
+        "n_dev": len(dev),
+        "n_train": None if train is None else len(train),
+        "dev_split": getattr(dev, "split", None),
+        "baseline_reused": baselines is not None,
+        "one_vs_rest": one_vs_rest,
+    }
+    task_name = getattr(dev, "task", getattr(task, "name", None))
+    extra = {"accuracy": mean(1), **{f"baseline_{k}": p[3] for k, p in enumerate(per_prompt)}}
     return NeuronScores(
-        scores=scores,
-        sites=chosen,
-        method="predictivity",
-        model=model.name,
-        task=getattr(dev, "task", getattr(task, "name", None)),
-        meta={
-            "prompt_task": prompts[0].task,
-            "seeds": [pr.seed for pr in prompts],
-            "n_prompts": len(prompts),
-            "prompt_tokens": [pr.n_tokens for pr in prompts],
-            "readout": [pr.head.readout for pr in prompts],
-            "positions": repr(positions),
-            "n_dev": len(dev),
-            "n_train": None if train is None else len(train),
-            "dev_split": getattr(dev, "split", None),
-            "baseline_reused": baselines is not None,
-            "one_vs_rest": one_vs_rest,
-        },
-        per_token=mean(per_position) if same_n else None,
-        extra={"accuracy": mean(per_prompt_acc), **new_baselines},
-    )
+        scores, chosen, "predictivity", model.name, task_name, meta,
+        per_token=mean(2) if same_n else None, extra=extra,
+    )  # fmt: skip
