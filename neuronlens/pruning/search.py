@@ -28,7 +28,8 @@ from neuronlens.neurons import NeuronScores
 from neuronlens.probes.attribution import attribute
 from neuronlens.prompts.results import PromptResult, evaluate
 from neuronlens.prompts.tuning import tune_prompt
-from neuronlens.pruning.prune import flop_ceiling, prune_model
+from neuronlens.pruning.flops import flop_ceiling
+from neuronlens.pruning.prune import prune_model
 
 
 @dataclass

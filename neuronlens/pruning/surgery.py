@@ -1,0 +1,213 @@
+"""Module surgery on plain Hugging Face models: unwrapped copies, FFN linears sliced or resized.
+
+What :mod:`neuronlens.pruning.prune` (slicing) and :mod:`neuronlens.pruning.storage`
+(resizing before loading saved weights) do to a model's modules. GPT-2's ``Conv1D`` stores
+its weight ``[in, out]``; everything else here is ``nn.Linear`` (``[out, in]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Mapping
+
+import torch
+import transformers
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from neuronlens.errors import ShapeMismatchError, UnsupportedModelError
+from neuronlens.models.families import Stack
+from neuronlens.models.loading import quiet_transformers
+from neuronlens.models.model import NeuronModel, walk_modules
+
+INTERMEDIATE_ATTRS = ("intermediate_size", "d_ff", "n_inner")
+"""HF config attributes holding the FFN width (BERT/RoBERTa/Llama, T5, GPT-2)."""
+
+
+def plain_hf_model(model: NeuronModel) -> transformers.PreTrainedModel:
+    """An unwrapped Hugging Face copy of the model (same class, cloned weights, eval mode).
+
+    The booted model's submodules are bridge wrappers; this builds a fresh model of the same
+    class from the config, gives its FFNs the model's current widths, and copies every
+    parameter and buffer (cloned, so the copy shares no storage with ``model``).
+    """
+    src = model.hf_model
+    config = copy.deepcopy(src.config)
+    with no_init(), quiet_transformers():
+        fresh = type(src)(config)
+    stacks = {st.bridge_name: st for st in model.stacks}
+    for site in model.sites:
+        resize_site(fresh, stacks[site.stack], site.layer, site.width)
+    with torch.no_grad():
+        for name, tensor in named_tensors(fresh):
+            owner_path, _, attr = name.rpartition(".")
+            owner = walk_modules(fresh, owner_path) if owner_path else fresh
+            source = getattr(walk_modules(src, owner_path) if owner_path else src, attr)
+            if source.shape != tensor.shape:
+                raise ShapeMismatchError(
+                    f"{model.name}: {name} has shape {list(source.shape)} in the model but "
+                    f"{list(tensor.shape)} in its rebuilt copy"
+                )
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = source.detach().clone()  # keeps tied parameters tied
+            else:
+                owner._buffers[attr] = source.detach().clone()
+    fresh.eval()
+    fresh.requires_grad_(False)
+    return fresh
+
+
+def named_tensors(module: nn.Module):
+    yield from module.named_parameters(remove_duplicate=False)
+    yield from module.named_buffers(remove_duplicate=False)
+
+
+@contextlib.contextmanager
+def no_init():
+    """Skip random weight init while building a model whose weights are overwritten anyway."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        yield
+
+
+def get_module(root: nn.Module, dotted: str) -> nn.Module:
+    return walk_modules(root, dotted)
+
+
+def set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_path, _, attr = dotted.rpartition(".")
+    parent = walk_modules(root, parent_path) if parent_path else root
+    setattr(parent, attr, module)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    return isinstance(module, Conv1D)
+
+
+class NoInputConv1D(Conv1D):
+    """GPT-2's Conv1D for a second linear whose every input neuron was pruned: HF's
+    ``x.view(-1, 0)`` fails on empty inputs, so this returns the bias at every position."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != 0:
+            return super().forward(x)
+        return self.bias.to(x.dtype).expand(*x.shape[:-1], self.nf).clone()
+
+
+def check_linear(module: nn.Module, where: str) -> None:
+    if not (isinstance(module, nn.Linear) or is_conv1d(module)):
+        raise UnsupportedModelError(
+            f"cannot prune {where}: it is a {type(module).__name__}, not nn.Linear or Conv1D"
+        )
+
+
+def linear_like(
+    like: nn.Module, in_features: int, out_features: int, weight: Tensor | None, bias
+) -> nn.Module:
+    """A new module of ``like``'s kind (nn.Linear or GPT-2 Conv1D) with the given weights.
+
+    ``weight`` is given in the module's own layout (``[out, in]`` Linear, ``[in, out]`` Conv1D);
+    None leaves it uninitialised (``bias``: a tensor, None for none, or True for uninitialised).
+    """
+    w0 = like.weight
+    has_bias = bias is not None
+    if is_conv1d(like):
+        cls = NoInputConv1D if in_features == 0 else Conv1D
+        with warnings.catch_warnings(), torch.device("meta"):  # zero-size init warns "no-op"
+            warnings.simplefilter("ignore")
+            new = cls(out_features, in_features)
+        new.weight = nn.Parameter(
+            torch.empty(in_features, out_features, dtype=w0.dtype, device=w0.device)
+            if weight is None
+            else weight,
+            requires_grad=False,
+        )
+        if not has_bias:
+            new.bias = None
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = nn.Linear(in_features, out_features, bias=has_bias, device="meta")
+        new.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=w0.dtype, device=w0.device)
+            if weight is None
+            else weight,
+            requires_grad=False,
+        )
+    if has_bias:
+        new.bias = nn.Parameter(
+            torch.empty(out_features, dtype=w0.dtype, device=w0.device) if bias is True else bias,
+            requires_grad=False,
+        )
+    new.train(like.training)
+    return new
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or Conv1D."""
+    if is_conv1d(module):
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    return int(module.weight.shape[1]), int(module.weight.shape[0])
+
+
+def slice_site(hf: nn.Module, stack: Stack, layer: int, idx: Tensor) -> None:
+    """Keep neurons ``idx`` of one FFN of a plain HF model (in place)."""
+    ffn = get_module(hf, stack.hf_ffn.format(i=layer))
+    where = f"{stack.hf_ffn.format(i=layer)}"
+    k = int(idx.numel())
+    for name in stack.hf_in:
+        lin = get_module(ffn, name)
+        check_linear(lin, f"{where}.{name}")
+        d_in, _ = linear_dims(lin)
+        w = lin.weight.detach()
+        w = w[:, idx].clone() if is_conv1d(lin) else w[idx].clone()
+        b = None if lin.bias is None else lin.bias.detach()[idx].clone()
+        set_module(ffn, name, linear_like(lin, d_in, k, w, b))
+    out = get_module(ffn, stack.hf_out)
+    check_linear(out, f"{where}.{stack.hf_out}")
+    _, d_out = linear_dims(out)
+    w = out.weight.detach()
+    w = w[idx].clone() if is_conv1d(out) else w[:, idx].clone()
+    b = None if out.bias is None else out.bias.detach().clone()
+    set_module(ffn, stack.hf_out, linear_like(out, k, d_out, w, b))
+
+
+def resize_site(hf: nn.Module, stack: Stack, layer: int, width: int) -> None:
+    """Give one FFN of a plain HF model ``width`` neurons (uninitialised weights)."""
+    ffn = get_module(hf, stack.hf_ffn.format(i=layer))
+    where = f"{stack.hf_ffn.format(i=layer)}"
+    for name in stack.hf_in:
+        lin = get_module(ffn, name)
+        check_linear(lin, f"{where}.{name}")
+        d_in, d_out = linear_dims(lin)
+        if d_out != width:
+            set_module(
+                ffn, name, linear_like(lin, d_in, width, None, None if lin.bias is None else True)
+            )
+    out = get_module(ffn, stack.hf_out)
+    check_linear(out, f"{where}.{stack.hf_out}")
+    d_in, d_out = linear_dims(out)
+    if d_in != width:
+        set_module(
+            ffn,
+            stack.hf_out,
+            linear_like(out, width, d_out, None, None if out.bias is None else True),
+        )
+
+
+def set_config_width(config, widths: Mapping[str, int]) -> None:
+    """Informational: the config's FFN width becomes the widest pruned FFN."""
+    if not widths:
+        return
+    for attr in INTERMEDIATE_ATTRS:
+        if attr in config.to_dict():
+            setattr(config, attr, max(widths.values()))
+            return
