@@ -6,18 +6,11 @@ for the built-in tasks, their splits and label conventions.
 """
 
 from neuronlens.tasks.builtin import TASKS, get_task, list_tasks, register_task
-from neuronlens.tasks.data import (
-    DATA_DIR_ENV,
-    HoldOut,
-    HubSource,
-    LocalFile,
-    Split,
-    Task,
-    TaskData,
-    resolve_data_dir,
-)
+from neuronlens.tasks.data import DATA_DIR_ENV, TaskData, resolve_data_dir
+from neuronlens.tasks.sources import HoldOut, HubSource, LocalFile, Split
 from neuronlens.tasks.splits import count_contained, sentence_disjoint_split
 from neuronlens.tasks.synthetic import generate_toy_sentiment, toy_sentiment_task
+from neuronlens.tasks.task import Task
 
 __all__ = [
     "DATA_DIR_ENV",

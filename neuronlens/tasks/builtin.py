@@ -41,9 +41,12 @@ Splits where the hub and the local files are cut differently:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from neuronlens.errors import DataError
-from neuronlens.tasks.data import PAIR_TEMPLATE, HoldOut, HubSource, LocalFile, Split, Task
+from neuronlens.tasks.sources import HoldOut, HubSource, LocalFile, Split
 from neuronlens.tasks.synthetic import toy_sentiment_task
+from neuronlens.tasks.task import PAIR_TEMPLATE, Task
 
 TASKS: dict[str, Task] = {}
 """Every registered task, by name."""
@@ -137,124 +140,113 @@ def _sst2() -> Task:
     )
 
 
-def _imdb() -> Task:
-    return Task(
-        name="imdb",
-        label_names=SENTIMENT,
-        template=SENTIMENT_TEMPLATE,
-        verbalizer=SENTIMENT,
-        label_space="sentiment2",
-        description="IMDB movie reviews, binary sentiment (hub only).",
-        splits={
-            split: Split(hub=HubSource("stanfordnlp/imdb", None, split, "text", "label"))
-            for split in ("train", "test")
-        },
-    )
+@dataclass(frozen=True)
+class _HubSentiment:
+    """A binary sentiment task with hub splits only (same labels, template, label space)."""
 
+    name: str
+    path: str
+    text: str
+    splits: tuple[str, ...]
+    description: str
 
-def _movie_rationales() -> Task:
-    return Task(
-        name="movie_rationales",
-        label_names=SENTIMENT,
-        template=SENTIMENT_TEMPLATE,
-        verbalizer=SENTIMENT,
-        label_space="sentiment2",
-        description="ERASER Movie Rationales reviews, binary sentiment (hub only).",
-        splits={
-            split: Split(
-                hub=HubSource("eraser-benchmark/movie_rationales", None, split, "review", "label")
-            )
-            for split in ("train", "validation", "test")
-        },
-    )
-
-
-def _mrpc() -> Task:
-    def local(name: str) -> LocalFile:
-        return LocalFile(f"mrpc/{name}.tsv", "#1 String", "Quality", "#2 String")
-
-    dev = Split(
-        local=local("dev"),
-        hub=_glue("mrpc", "validation", "sentence1", "sentence2"),
-        description="GLUE MRPC dev (408)",
-    )
-    return Task(
-        name="mrpc",
-        label_names=("not_equivalent", "equivalent"),
-        template=PARAPHRASE_TEMPLATE,
-        verbalizer=("no", "yes"),
-        label_space="paraphrase2",
-        description="Microsoft Research Paraphrase Corpus (GLUE MRPC); the test set is unlabeled.",
-        splits={
-            "train": Split(
-                local=local("train"), hub=_glue("mrpc", "train", "sentence1", "sentence2")
-            ),
-            "validation": dev,
-            "dev": dev,
-        },
-    )
-
-
-def _qqp() -> Task:
-    def split(file: str, hub_split: str) -> Split:
-        return Split(
-            local=LocalFile(f"qqp/{file}.tsv", "question1", "is_duplicate", "question2"),
-            hub=_glue("qqp", hub_split, "question1", "question2"),
+    def task(self) -> Task:
+        return Task(
+            name=self.name,
+            label_names=SENTIMENT,
+            template=SENTIMENT_TEMPLATE,
+            verbalizer=SENTIMENT,
+            label_space="sentiment2",
+            description=self.description,
+            splits={
+                split: Split(hub=HubSource(self.path, None, split, self.text, "label"))
+                for split in self.splits
+            },
         )
 
-    dev = split("dev", "validation")
-    return Task(
-        name="qqp",
-        label_names=("not_duplicate", "duplicate"),
-        template=PARAPHRASE_TEMPLATE,
-        verbalizer=("no", "yes"),
-        label_space="paraphrase2",
-        description="Quora Question Pairs (GLUE QQP); local files in GLUE's .tsv layout.",
-        splits={"train": split("train", "train"), "validation": dev, "dev": dev},
-    )
 
+@dataclass(frozen=True)
+class _GlueTask:
+    """A GLUE pair task whose local .tsv files and hub splits line up, split for split.
 
-def _qnli() -> Task:
-    def split(file: str, hub_split: str) -> Split:
+    ``files``: split name -> (local file stem, hub split); ``dev`` names the split that is
+    also ``validation`` and ``dev``."""
+
+    name: str
+    config: str
+    label_names: tuple[str, ...]
+    template: str
+    verbalizer: tuple[str, ...]
+    label_space: str
+    description: str
+    local_columns: tuple[str, str, str]  # text, label, text_b in the .tsv files
+    hub_columns: tuple[str, str]  # text, text_b on the hub
+    files: tuple[tuple[str, str, str], ...]  # (split, local stem, hub split)
+    dev: str
+    dev_description: str = ""
+
+    def split(self, stem: str, hub_split: str, description: str = "") -> Split:
+        text, label, text_b = self.local_columns
         return Split(
-            local=LocalFile(f"qnli/{file}.tsv", "question", "label", "sentence"),
-            hub=_glue("qnli", hub_split, "question", "sentence"),
+            local=LocalFile(f"{self.config}/{stem}.tsv", text, label, text_b),
+            hub=_glue(self.config, hub_split, *self.hub_columns),
+            description=description,
         )
 
-    dev = split("dev", "validation")
-    return Task(
-        name="qnli",
-        label_names=("entailment", "not_entailment"),
-        template=QUESTION_TEMPLATE,
-        verbalizer=("yes", "no"),
-        label_space="nli2",
-        description="Question NLI (GLUE QNLI): does the sentence answer the question?",
-        splits={"train": split("train", "train"), "validation": dev, "dev": dev},
-    )
-
-
-def _mnli() -> Task:
-    def split(file: str, hub_split: str) -> Split:
-        return Split(
-            local=LocalFile(f"mnli/{file}.tsv", "sentence1", "gold_label", "sentence2"),
-            hub=_glue("mnli", hub_split, "premise", "hypothesis"),
+    def task(self) -> Task:
+        splits = {name: self.split(stem, hub) for name, stem, hub in self.files}
+        dev = splits.pop(self.dev)
+        dev = Split(dev.local, dev.hub, description=self.dev_description)
+        return Task(
+            name=self.name,
+            label_names=self.label_names,
+            template=self.template,
+            verbalizer=self.verbalizer,
+            label_space=self.label_space,
+            description=self.description,
+            splits={**splits, "validation": dev, "dev": dev},
         )
 
-    matched = split("dev_matched", "validation_matched")
-    return Task(
-        name="mnli",
-        label_names=NLI3,
-        template=PAIR_TEMPLATE,
-        verbalizer=NLI3_WORDS,
-        label_space="nli3",
-        description="MultiNLI (GLUE MNLI); local files in GLUE's .tsv layout.",
-        splits={
-            "train": split("train", "train"),
-            "validation": matched,
-            "dev": matched,
-            "validation_mismatched": split("dev_mismatched", "validation_mismatched"),
-        },
-    )
+
+HUB_SENTIMENT = (
+    _HubSentiment("imdb", "stanfordnlp/imdb", "text", ("train", "test"),
+                  "IMDB movie reviews, binary sentiment (hub only)."),
+    _HubSentiment("movie_rationales", "eraser-benchmark/movie_rationales", "review",
+                  ("train", "validation", "test"),
+                  "ERASER Movie Rationales reviews, binary sentiment (hub only)."),
+)  # fmt: skip
+
+GLUE_TASKS = (
+    _GlueTask("mrpc", "mrpc", ("not_equivalent", "equivalent"), PARAPHRASE_TEMPLATE,
+              ("no", "yes"), "paraphrase2",
+              "Microsoft Research Paraphrase Corpus (GLUE MRPC); the test set is unlabeled.",
+              ("#1 String", "Quality", "#2 String"), ("sentence1", "sentence2"),
+              (("train", "train", "train"), ("dev", "dev", "validation")), "dev",
+              "GLUE MRPC dev (408)"),
+    _GlueTask("qqp", "qqp", ("not_duplicate", "duplicate"), PARAPHRASE_TEMPLATE,
+              ("no", "yes"), "paraphrase2",
+              "Quora Question Pairs (GLUE QQP); local files in GLUE's .tsv layout.",
+              ("question1", "is_duplicate", "question2"), ("question1", "question2"),
+              (("train", "train", "train"), ("dev", "dev", "validation")), "dev"),
+    _GlueTask("qnli", "qnli", ("entailment", "not_entailment"), QUESTION_TEMPLATE,
+              ("yes", "no"), "nli2",
+              "Question NLI (GLUE QNLI): does the sentence answer the question?",
+              ("question", "label", "sentence"), ("question", "sentence"),
+              (("train", "train", "train"), ("dev", "dev", "validation")), "dev"),
+    _GlueTask("mnli", "mnli", NLI3, PAIR_TEMPLATE, NLI3_WORDS, "nli3",
+              "MultiNLI (GLUE MNLI); local files in GLUE's .tsv layout.",
+              ("sentence1", "gold_label", "sentence2"), ("premise", "hypothesis"),
+              (("train", "train", "train"), ("dev", "dev_matched", "validation_matched"),
+               ("validation_mismatched", "dev_mismatched", "validation_mismatched")), "dev"),
+)  # fmt: skip
+
+#: AdvGLUE tasks: (name, clean task, key in advglue/dev.json, text column, text_b column)
+ADVERSARIAL = (
+    ("adv_sst2", "sst2", "sst2", "sentence", None),
+    ("adv_qqp", "qqp", "qqp", "question1", "question2"),
+    ("adv_qnli", "qnli", "qnli", "question", "sentence"),
+    ("adv_mnli", "mnli", "mnli", "premise", "hypothesis"),
+)
 
 
 def _cb() -> Task:
@@ -376,26 +368,12 @@ def _adversarial(name: str, clean: Task, key: str, text: str, text_b: str | None
 
 
 def _register_builtins() -> None:
-    sst2, qqp, qnli, mnli = _sst2(), _qqp(), _qnli(), _mnli()
-    for task in (
-        sst2,
-        _imdb(),
-        _movie_rationales(),
-        _mrpc(),
-        qqp,
-        qnli,
-        mnli,
-        _cb(),
-        _ethics("deontology"),
-        _ethics("justice"),
-        _agnews(),
-        _adversarial("adv_sst2", sst2, "sst2", "sentence", None),
-        _adversarial("adv_qqp", qqp, "qqp", "question1", "question2"),
-        _adversarial("adv_qnli", qnli, "qnli", "question", "sentence"),
-        _adversarial("adv_mnli", mnli, "mnli", "premise", "hypothesis"),
-        toy_sentiment_task(),
-    ):
+    for task in (_sst2(), *(t.task() for t in HUB_SENTIMENT), *(t.task() for t in GLUE_TASKS),
+                 _cb(), _ethics("deontology"), _ethics("justice"), _agnews()):  # fmt: skip
         register_task(task)
+    for name, clean, key, text, text_b in ADVERSARIAL:
+        register_task(_adversarial(name, get_task(clean), key, text, text_b))
+    register_task(toy_sentiment_task())
 
 
 _register_builtins()

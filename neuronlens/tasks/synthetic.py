@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 from neuronlens.errors import DataError
-from neuronlens.tasks.data import Task
+from neuronlens.tasks.task import Task
 
 POSITIVE = (
     "good",
