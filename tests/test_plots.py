@@ -54,3 +54,45 @@ def test_t5_stacks_side_by_side():
     heatmaps = [d for d in fig.data if d.type == "heatmap"]
     assert len(heatmaps) == 2
     assert [a.text for a in fig.layout.annotations] == ["encoder_blocks", "decoder_blocks"]
+
+
+def test_heatmap_axis_counts_neurons_and_the_legend_names_k():
+    sc = scores_of((3000, 3000))
+    fig = neuron_heatmap(sc, top_percent=1, max_columns=500)
+    heat = fig.data[0]
+    per_bin = 6  # 3000 neurons over at most 500 columns
+    assert list(heat.x[:3]) == [0, 6, 12] and heat.x[-1] == 2994
+    assert "best of 6" in fig.layout.xaxis.title.text
+    marks = fig.data[1]
+    assert marks.name == "top 1 % overall (60 neurons)"
+    assert all(x % per_bin == 0 for x in marks.x)
+    per_layer = neuron_heatmap(sc, top_k=2, per_layer=True)
+    assert per_layer.data[1].name == "top 2 per layer (4 neurons)"
+
+
+def test_heatmap_log_and_rank_scales():
+    sc = scores_of((10, 10))
+    log = np.array(neuron_heatmap(sc, scale="log").data[0].z, dtype=float)
+    np.testing.assert_allclose(log[0], np.log10(sc["blocks.0"].double().numpy()), rtol=1e-6)
+    rank = np.array(neuron_heatmap(sc, scale="rank").data[0].z, dtype=float)
+    assert np.nanmax(rank) == 1.0 and np.nanmin(rank) == 0.0  # best and worst of 20
+    best = int(sc.flat().argmax())
+    assert rank[best // 10, best % 10] == 1.0
+    neg = scores_of((4,))
+    neg.scores["blocks.0"] = neg.scores["blocks.0"] - 2
+    with pytest.raises(NeuronLensError, match="scale='rank'"):
+        neuron_heatmap(neg, scale="log")
+    with pytest.raises(NeuronLensError, match="scale must be"):
+        neuron_heatmap(sc, scale="sqrt")
+
+
+def test_suppression_axis_spans_at_least_a_tenth():
+    from neuronlens.plots import suppression_figure
+
+    fig = suppression_figure(
+        [0, 1], [0.962, 0.961], [[0.963, 0.963], [0.962, 0.964]],
+        method="predictivity", dataset="d", per_layer=True, ablation="zeroed",
+    )  # fmt: skip
+    low, high = fig.layout.yaxis.range
+    assert high - low >= 0.1 and low < 0.961 and high > 0.964
+    assert "per layer, zeroed" in fig.layout.title.text

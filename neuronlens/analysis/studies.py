@@ -38,6 +38,12 @@ from neuronlens.interventions import (
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.neurons import NeuronScores, NeuronSet
+from neuronlens.plots import (
+    distributions_figure,
+    matrix_figure,
+    scatter_figure,
+    suppression_figure,
+)
 from neuronlens.probes.predictivity import predictivity
 from neuronlens.prompts.heads import render_texts
 from neuronlens.prompts.results import PromptResult, evaluate
@@ -206,52 +212,15 @@ class SuppressionCurve(_Table):
         ]
 
     def figure(self):
-        import plotly.graph_objects as go
-
-        mean = np.array([np.mean(r) for r in self.random])
-        std = np.array([np.std(r) for r in self.random])
-        fig = go.Figure()
-        fig.add_trace(
-            go.Scatter(
-                x=self.percents + self.percents[::-1],
-                y=list(mean + std) + list((mean - std)[::-1]),
-                fill="toself",
-                mode="lines",
-                line={"width": 0},
-                fillcolor="rgba(120,120,120,0.25)",
-                name="random ± std",
-                hoverinfo="skip",
-            )
+        return suppression_figure(
+            self.percents,
+            self.top,
+            self.random,
+            method=self.method,
+            dataset=self.dataset,
+            per_layer=self.per_layer,
+            ablation=self.ablation,
         )
-        fig.add_trace(
-            go.Scatter(
-                x=self.percents,
-                y=mean,
-                mode="lines+markers",
-                name="random neurons",
-                line={"color": "gray", "dash": "dash"},
-            )
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=self.percents,
-                y=self.top,
-                mode="lines+markers",
-                name=f"top {self.method} neurons",
-                line={"color": "crimson"},
-            )
-        )
-        where = "per layer" if self.per_layer else "over the whole model"
-        values = [*self.top, *(mean + std), *(mean - std)]
-        mid, half = (max(values) + min(values)) / 2, max((max(values) - min(values)) / 2, 0.05)
-        fig.update_layout(
-            title=f"Suppression on {self.dataset}: top neurons {where}, {self.ablation}",
-            xaxis_title="% neurons switched off",
-            yaxis_title="accuracy",
-            yaxis_range=[mid - 1.1 * half, mid + 1.1 * half],  # at least 0.1 wide
-            template="plotly_white",
-        )
-        return fig
 
 
 def suppression_curve(
@@ -336,7 +305,7 @@ class CrossSuppression(_Table):
         ]
 
     def figure(self):
-        return _heatmap(
+        return matrix_figure(
             self.accuracy,
             f"Cross suppression ({self.ablation}): accuracy",
             "evaluated on",
@@ -430,7 +399,8 @@ class TaskSpecificity(_Table):
             a: {b: float(m[i, j]) for j, b in enumerate(self.names)}
             for i, a in enumerate(self.names)
         }
-        return _heatmap(data, "Task specificity (Spearman" + (", z-scored)" if z else ")"), "", "")
+        title = "Task specificity (Spearman" + (", z-scored)" if z else ")")
+        return matrix_figure(data, title, "", "")
 
 
 def task_specificity(scores: Mapping[str, NeuronScores]) -> TaskSpecificity:
@@ -489,17 +459,13 @@ class AdversarialAnalysis(_Table):
         return out
 
     def figure(self):
-        import plotly.graph_objects as go
-
-        x, y = self.clean.flat().numpy(), self.adversarial.flat().numpy()
-        fig = go.Figure(go.Scattergl(x=x, y=y, mode="markers", marker={"size": 3, "opacity": 0.4}))
-        fig.update_layout(
-            title=f"Predictivity: clean vs adversarial (Spearman {self.spearman:.3f})",
-            xaxis_title="clean",
-            yaxis_title="adversarial",
-            template="plotly_white",
+        return scatter_figure(
+            self.clean.flat().numpy(),
+            self.adversarial.flat().numpy(),
+            f"Predictivity: clean vs adversarial (Spearman {self.spearman:.3f})",
+            "clean",
+            "adversarial",
         )
-        return fig
 
 
 def adversarial_analysis(
@@ -559,12 +525,8 @@ class Transferability(_Table):
 
     def figure(self, relative: bool = False):
         data = self.relative if relative else self.absolute
-        return _heatmap(
-            data,
-            "Prompt transferability" + (" (relative)" if relative else ""),
-            "evaluated on",
-            "prompt of",
-        )
+        title = "Prompt transferability" + (" (relative)" if relative else "")
+        return matrix_figure(data, title, "evaluated on", "prompt of")
 
 
 def transferability(
@@ -627,57 +589,9 @@ class Distributions(_Table):
         return out
 
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.colors import qualitative
-        from plotly.subplots import make_subplots
-
-        palette = qualitative.Plotly
-        names = list(self.scores)
-        has_acc = any("accuracy" in self.scores[n].extra for n in names)
-        cols = 2 if has_acc else 1
-        fig = make_subplots(
-            rows=2,
-            cols=cols,
-            row_heights=[0.3, 0.7],
-            vertical_spacing=0.16,
-            horizontal_spacing=0.1,
-            specs=[[{"colspan": cols}] + [None] * (cols - 1), [{}] * cols],
-            subplot_titles=["model accuracy", "neuron predictivity"]
-            + (["neuron accuracy (signed; 0.5 = chance)"] if has_acc else []),
-        )
-        fig.add_trace(
-            go.Bar(
-                x=names,
-                y=[self.model_accuracy.get(n, np.nan) for n in names],
-                name="model accuracy",
-                marker_color="steelblue",
-                showlegend=False,
-            ),
-            row=1,
-            col=1,
-        )
-        for i, n in enumerate(names):
-            color = palette[i % len(palette)]
-            sc = self.scores[n]
-            boxes = [(1, sc.flat().numpy())]  # (column, values): predictivity, neuron accuracy
-            if has_acc and "accuracy" in sc.extra:
-                boxes.append((2, _neuron_accuracy(sc)))
-            for col, values in boxes:
-                fig.add_trace(
-                    go.Box(y=values, name=n, boxpoints=False, showlegend=False, marker_color=color),
-                    row=2,
-                    col=col,
-                )
-        fig.update_yaxes(title_text="accuracy", row=1, col=1)
-        fig.update_yaxes(title_text="predictivity", row=2, col=1)
-        if has_acc:
-            fig.update_yaxes(title_text="accuracy", row=2, col=2)
-        fig.update_layout(
-            title="Predictivity and neuron-accuracy distributions",
-            template="plotly_white",
-            height=600,
-        )
-        return fig
+        pred = {n: sc.flat().numpy() for n, sc in self.scores.items()}
+        acc = {n: _neuron_accuracy(sc) for n, sc in self.scores.items() if "accuracy" in sc.extra}
+        return distributions_figure(self.model_accuracy, pred, acc)
 
 
 def _neuron_accuracy(sc: NeuronScores) -> np.ndarray:
@@ -692,27 +606,3 @@ def distributions(
     if not scores:
         raise NeuronLensError("distributions needs scores of at least one dataset")
     return Distributions(dict(scores), dict(model_accuracy))
-
-
-def _heatmap(data: Mapping[str, Mapping[str, float]], title: str, xlabel: str, ylabel: str):
-    import plotly.graph_objects as go
-
-    rows = list(data)
-    cols = sorted(
-        {c for r in data.values() for c in r},
-        key=lambda c: (c not in rows, rows.index(c) if c in rows else 0, c),
-    )
-    z = [[data[r].get(c, np.nan) for c in cols] for r in rows]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=cols,
-            y=rows,
-            colorscale="Viridis",
-            text=[[f"{v:.3f}" for v in row] for row in z],
-            texttemplate="%{text}",
-            hovertemplate="%{y} → %{x}: %{z:.4f}<extra></extra>",
-        )
-    )
-    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, template="plotly_white")
-    return fig

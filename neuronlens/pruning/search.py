@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from neuronlens.errors import NeuronLensError
 from neuronlens.models.model import NeuronModel
 from neuronlens.neurons import NeuronScores
+from neuronlens.plots import search_figure
 from neuronlens.probes.attribution import attribute
 from neuronlens.prompts.results import PromptResult, evaluate
 from neuronlens.prompts.tuning import tune_prompt
@@ -64,59 +65,9 @@ class SearchResult:
 
     def figure(self, seq_len: int = 128):
         """Accuracy vs FLOP-ceiling speed-up of every kept ratio the search tried."""
-        import plotly.graph_objects as go
-
         steps = sorted(self.history, key=lambda s: s.kept_ratio)
-        x = [flop_ceiling(self.model, s.kept_ratio, seq_len) for s in steps]  # original widths
-        fig = go.Figure()
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=[s.accuracy for s in steps],
-                mode="markers+lines",
-                name="kept ratios tried",
-                showlegend=False,
-                line={"color": "lightgray"},
-                marker={
-                    "size": 10,
-                    "color": ["seagreen" if s.accepted else "crimson" for s in steps],
-                },
-                text=[
-                    f"kept {s.kept_ratio:.0%} ({s.n_kept} neurons), {'accepted' if s.accepted else 'rejected'}"
-                    for s in steps
-                ],
-                hovertemplate="%{text}<br>speed-up ceiling %{x:.2f}x<br>accuracy %{y:.4f}<extra></extra>",
-            )
-        )
-        for accepted, color in ((True, "seagreen"), (False, "crimson")):  # legend entries only
-            fig.add_trace(
-                go.Scatter(
-                    x=[None],
-                    y=[None],
-                    mode="markers",
-                    marker={"size": 10, "color": color},
-                    name="accepted" if accepted else "rejected",
-                )
-            )
-        fig.add_hline(
-            y=self.base_accuracy,
-            line_dash="dot",
-            line_color="gray",
-            annotation_text=f"unpruned {self.base_accuracy:.3f}",
-        )
-        fig.add_hline(
-            y=self.base_accuracy - self.psi / 100,
-            line_dash="dash",
-            annotation_text=f"acceptance: unpruned - {self.psi} points",
-            annotation_position="bottom right",
-        )
-        fig.update_layout(
-            title=f"Pruning search ({self.method}): accuracy vs speed-up",
-            xaxis_title="FLOP-ceiling speed-up",
-            yaxis_title="accuracy",
-            template="plotly_white",
-        )
-        return fig
+        speedups = [flop_ceiling(self.model, s.kept_ratio, seq_len) for s in steps]
+        return search_figure(steps, speedups, self.base_accuracy, self.psi, self.method)
 
 
 def keep_top(model: NeuronModel, scores: NeuronScores, ratio: float) -> NeuronModel:
