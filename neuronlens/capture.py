@@ -385,29 +385,27 @@ def capture(
     """Run ``data`` through ``model`` and hand each site's activations to ``reduce``.
 
     Args:
-        model: a :class:`NeuronModel`.
         data: texts, ``(texts, texts_b)``, an :class:`Encoded` batch, or a task split.
         reduce: called with a :class:`SiteBatch` once per site per batch.
-        sites: which sites (``None``: every FFN).
-        positions: which token positions (default :class:`AllTokens`).
+        sites, positions: which sites (``None``: every FFN) and token positions (default
+            :class:`AllTokens`).
         labels: one integer per example (or taken from the data), passed on in the batch.
-        prompt: a soft prompt ``[p, d_model]`` added in embedding space (before the input,
-            or where ``placement`` or the ``forward`` puts it).
-        placement: where the model's own forward puts the prompt (``Placement(after_input=
-            True)``: after each input); a ``forward`` through a head places it itself.
-        grads: also compute gradients of ``objective`` w.r.t. the activations.
-        objective: ``f(logits, batch) -> [B]`` (or a scalar), summed and differentiated
-            when ``grads=True``; e.g. the gold-label logit.
-        batch_size: examples per forward pass.
-        max_length: truncation length when tokenising texts.
-        progress: show a progress bar (``None``: when there are 5 or more batches).
+        prompt, placement: a soft prompt ``[p, d_model]`` and where the model's own forward
+            puts it (default before the input; a ``forward`` through a head places it itself).
+        grads, objective: also hand over gradients of ``objective(logits, batch) -> [B]``
+            (summed) w.r.t. the activations, e.g. of the gold-label logit.
+        batch_size, max_length, progress: batching, truncation, and a progress bar
+            (``None``: when there are 5 or more batches).
         check_finite: raise :class:`NonFiniteActivationError` on NaN/inf activations.
         on_batch_end: called with the :class:`CaptureBatch` (logits set) after each batch.
-        forward: ``f(encoded, prompt, embeds_require_grad) -> logits`` to run instead of
-            the model's own forward, e.g. a head's class logits (what ``objective`` and
-            ``batch.logits`` then see). It must run the model, so the hooks fire.
+        forward: ``f(encoded, prompt, embeds_require_grad) -> logits`` run instead of the
+            model's own forward, e.g. a head's class logits; it must run the model.
 
     Hooks are removed when the call returns, also when it raised.
+
+    Examples:
+        >>> mean = RunningMean()
+        >>> capture(model, texts, mean, sites=["blocks.5"], positions=LastToken())  # doctest: +SKIP
     """
     if batch_size < 1:
         raise NeuronLensError(f"batch_size must be at least 1, got {batch_size}")
@@ -425,32 +423,24 @@ def capture(
 
     bar = tqdm(total=n_batches, desc=f"capture {model.name}", disable=not show, leave=False)
     try:
-        for start in range(0, n, batch_size):
-            rows = torch.arange(start, min(start + batch_size, n))
-            batch = CaptureBatch(
-                index=rows,
-                encoded=cdata.batch(model, rows),
-                labels=None if cdata.labels is None else cdata.labels[start : start + len(rows)],
-                n_prompt=n_prompt,
-            )
-            _run_batch(
-                model,
-                batch,
-                chosen,
-                _Selector(model, batch, positions),
-                reduce,
-                prompt,
-                placement,
-                grads,
-                objective,
-                check_finite,
-                forward,
-            )
+        for batch in _batches(model, cdata, batch_size, n_prompt):
+            selector = _Selector(model, batch, positions)
+            args = (reduce, prompt, placement, grads, objective, check_finite, forward)
+            _run_batch(model, batch, chosen, selector, *args)
             if on_batch_end is not None:
                 on_batch_end(batch)
             bar.update(1)
     finally:
         bar.close()
+
+
+def _batches(model: NeuronModel, cdata: CaptureData, batch_size: int, n_prompt: int):
+    """The data as :class:`CaptureBatch` es of ``batch_size`` examples, tokenised lazily."""
+    n = len(cdata)
+    for start in range(0, n, batch_size):
+        rows = torch.arange(start, min(start + batch_size, n))
+        labels = None if cdata.labels is None else cdata.labels[start : start + len(rows)]
+        yield CaptureBatch(rows, cdata.batch(model, rows), labels, n_prompt)
 
 
 class _Selector:

@@ -79,3 +79,14 @@ def test_private_names_stay_in_their_module():
         if a.name.startswith("_")
     ]
     assert not crossing, crossing
+
+
+def test_every_function_fits_on_a_screen():
+    long = [
+        f"{name}.{fn.name}: {fn.end_lineno - fn.lineno + 1} lines"
+        for name, tree in _modules().items()
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+        and fn.end_lineno - fn.lineno + 1 > 80
+    ]
+    assert not long, long

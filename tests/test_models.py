@@ -241,3 +241,10 @@ def test_missing_directory_is_a_clear_error(tmp_path):
         nl.load_model(tmp_path / "nope")
     with pytest.raises(NeuronLensError, match="config.json"):
         nl.load_model(tmp_path)
+
+
+def test_an_unknown_model_name_is_a_clear_error():
+    from neuronlens.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="load_minilm"):
+        load_model("minilmm")

@@ -46,55 +46,10 @@ def load_model(
     missing, and the model is marked ``kind=ModelKind.ENCODER`` so no verbalizer reads it.
     """
     if isinstance(model, transformers.PreTrainedModel):
-        if tokenizer is None:
-            raise NeuronLensError(
-                "a built model needs its tokenizer: load_model(hf_model, tokenizer); "
-                "neuronlens never fetches a tokenizer by name behind your back"
-            )
-        arch = type(model).__name__
-        family, cls_name = family_for_architecture(arch)
-        if cls_name != arch:
-            raise UnsupportedModelError(
-                f"{arch} is a base model without a head; the bridge wraps {cls_name}. Build "
-                f"{cls_name} (or load the checkpoint directory with load_model(path)) instead."
-            )
-        hf = model
-        label = name or getattr(model.config, "name_or_path", "") or arch
-        head = True if has_lm_head is None else has_lm_head
+        hf, family, label, head = _built(model, tokenizer, name, has_lm_head)
     else:
-        source = str(model)
-        local = Path(source).expanduser()
-        if local.is_dir():
-            if not (local / "config.json").is_file():
-                raise NeuronLensError(
-                    f"{local} is a directory without config.json: not a Hugging Face model directory"
-                )
-            source = str(local)
-        elif source.startswith((".", "/", "~")) or local.exists():
-            raise NeuronLensError(
-                f"{source} is not a model directory (it does not exist or is a file)"
-            )
-        config = transformers.AutoConfig.from_pretrained(source)
-        archs = list(getattr(config, "architectures", None) or [])
-        if not archs:
-            raise UnsupportedModelError(
-                f"{source}: config.json names no architecture; build the HF model yourself and "
-                "pass it to load_model(hf_model, tokenizer)"
-            )
-        family, cls_name = family_for_architecture(archs[0])
-        cls = getattr(transformers, cls_name)
-        with quiet_transformers():
-            hf, info = cls.from_pretrained(source, dtype=dtype, output_loading_info=True)
-        missing = list(info.get("missing_keys", []))
-        head_missing = (
-            any(k.startswith(family.head_prefixes) for k in missing)
-            if (family.head_prefixes)
-            else False
-        )
-        head = (not head_missing) if has_lm_head is None else has_lm_head
-        label = name or source
-        if tokenizer is None:
-            tokenizer = source
+        hf, family, label, head, source = _pretrained(model, dtype, name, has_lm_head)
+        tokenizer = source if tokenizer is None else tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer))
     if not isinstance(tokenizer, transformers.PreTrainedTokenizerBase):
@@ -114,6 +69,64 @@ def load_model(
     return NeuronModel(
         bridge, own, family, name=label, has_lm_head=head, gated=gated, stacks=stacks
     )
+
+
+def _built(model, tokenizer, name, has_lm_head):
+    """``(hf, family, label, has_lm_head)`` of an already-built HF model."""
+    if tokenizer is None:
+        raise NeuronLensError(
+            "a built model needs its tokenizer: load_model(hf_model, tokenizer); "
+            "neuronlens never fetches a tokenizer by name behind your back"
+        )
+    arch = type(model).__name__
+    family, cls_name = family_for_architecture(arch)
+    if cls_name != arch:
+        raise UnsupportedModelError(
+            f"{arch} is a base model without a head; the bridge wraps {cls_name}. Build "
+            f"{cls_name} (or load the checkpoint directory with load_model(path)) instead."
+        )
+    label = name or getattr(model.config, "name_or_path", "") or arch
+    return model, family, label, True if has_lm_head is None else has_lm_head
+
+
+def _pretrained(model, dtype, name, has_lm_head):
+    """``(hf, family, label, has_lm_head, source)`` of a hub name or a local directory."""
+    source = str(model)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise NeuronLensError(
+                f"{local} is a directory without config.json: not a Hugging Face model directory"
+            )
+        source = str(local)
+    elif source.startswith((".", "/", "~")) or local.exists():
+        raise NeuronLensError(f"{source} is not a model directory (it does not exist or is a file)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise UnsupportedModelError(
+            f"cannot load model {source!r}: it is not a local model directory, and the Hugging "
+            f"Face hub did not give it ({str(err).splitlines()[0]}). Check the name; without a "
+            "network use a local directory, or load_minilm() / load_smollm2() for the offline "
+            "models"
+        ) from err
+    archs = list(getattr(config, "architectures", None) or [])
+    if not archs:
+        raise UnsupportedModelError(
+            f"{source}: config.json names no architecture; build the HF model yourself and "
+            "pass it to load_model(hf_model, tokenizer)"
+        )
+    family, cls_name = family_for_architecture(archs[0])
+    with quiet_transformers():
+        hf, info = getattr(transformers, cls_name).from_pretrained(
+            source, dtype=dtype, output_loading_info=True
+        )
+    missing = list(info.get("missing_keys", []))
+    head_missing = bool(family.head_prefixes) and any(
+        k.startswith(family.head_prefixes) for k in missing
+    )
+    head = (not head_missing) if has_lm_head is None else has_lm_head
+    return hf, family, name or source, head, source
 
 
 def _boot(label: str, hf: torch.nn.Module, tokenizer, device) -> torch.nn.Module:

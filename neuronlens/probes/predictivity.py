@@ -248,6 +248,22 @@ def _one_prompt(model: NeuronModel, k: int, pr: PromptResult, x: _Inputs):
     return pred, signed, per_pos, bsl
 
 
+def _meta(prompts, positions, dev, train, baselines, one_vs_rest) -> dict:
+    return {
+        "prompt_task": prompts[0].task,
+        "seeds": [pr.seed for pr in prompts],
+        "n_prompts": len(prompts),
+        "prompt_tokens": [pr.n_tokens for pr in prompts],
+        "readout": [pr.head.readout for pr in prompts],
+        "positions": repr(positions),
+        "n_dev": len(dev),
+        "n_train": None if train is None else len(train),
+        "dev_split": getattr(dev, "split", None),
+        "baseline_reused": baselines is not None,
+        "one_vs_rest": one_vs_rest,
+    }
+
+
 def predictivity(
     model: NeuronModel,
     prompts,
@@ -316,19 +332,7 @@ def predictivity(
             "the map ranks nothing (check the positions, the prompt and the labels)"
         )
     same_n = len({p[2][chosen[0].name].shape for p in per_prompt}) == 1
-    meta = {
-        "prompt_task": prompts[0].task,
-        "seeds": [pr.seed for pr in prompts],
-        "n_prompts": len(prompts),
-        "prompt_tokens": [pr.n_tokens for pr in prompts],
-        "readout": [pr.head.readout for pr in prompts],
-        "positions": repr(positions),
-        "n_dev": len(dev),
-        "n_train": None if train is None else len(train),
-        "dev_split": getattr(dev, "split", None),
-        "baseline_reused": baselines is not None,
-        "one_vs_rest": one_vs_rest,
-    }
+    meta = _meta(prompts, positions, dev, train, baselines, one_vs_rest)
     task_name = getattr(dev, "task", getattr(task, "name", None))
     extra = {"accuracy": mean(1), **{f"baseline_{k}": p[3] for k, p in enumerate(per_prompt)}}
     return NeuronScores(

@@ -107,6 +107,27 @@ def _accuracy(linear: torch.nn.Linear, x: Tensor, y: Tensor) -> float:
     return float((linear(x).argmax(-1) == y).double().mean())
 
 
+def _sweep(x, y, xv, yv, n_classes: int, decays, max_iter: int):
+    """Fit one probe per weight decay; ``((linear, val accuracy) of the best, history)``:
+    the best validation accuracy wins, on a tie the larger weight decay."""
+    best, history = None, []
+    for wd in decays:
+        linear, n_iter = _fit(x, y, n_classes, wd, max_iter)
+        val = None if xv is None else _accuracy(linear, xv, yv)
+        history.append(
+            {
+                "step": n_iter,
+                "weight_decay": wd,
+                "train_loss": float(logistic_objective(linear, x, y, 0.0)),
+                "train_accuracy": _accuracy(linear, x, y),
+                "val_accuracy": val,
+            }
+        )
+        if best is None or (val is not None and val >= best[1]):
+            best = (linear, val)
+    return best, history
+
+
 def fit_linear_probe(
     model: NeuronModel,
     task,
@@ -160,21 +181,7 @@ def fit_linear_probe(
     xv = yv = None
     if validation is not None:
         xv, yv = feats(validation), torch.tensor(validation.labels)
-    best, history = None, []
-    for wd in decays:
-        linear, n_iter = _fit(x, y, task.num_labels, wd, max_iter)
-        val = None if xv is None else _accuracy(linear, xv, yv)
-        history.append(
-            {
-                "step": n_iter,
-                "weight_decay": wd,
-                "train_loss": float(logistic_objective(linear, x, y, 0.0)),
-                "train_accuracy": _accuracy(linear, x, y),
-                "val_accuracy": val,
-            }
-        )
-        if best is None or (val is not None and val >= best[1]):
-            best = (linear, val)
+    best, history = _sweep(x, y, xv, yv, task.num_labels, decays, max_iter)
     with torch.no_grad():
         head.linear.weight.copy_(best[0].weight)
         head.linear.bias.copy_(best[0].bias)

@@ -223,6 +223,28 @@ class _Trainer:
         last = self.losses[-self.eval_every :]
         return sum(last) / len(last)
 
+    def run(self, enc_train, labels, enc_val, val_labels, seed: int, name: str, show: bool):
+        """Train for ``total`` steps over shuffled batches (seeded), validating every
+        ``eval_every`` steps and at the end; stop early when :meth:`validate` says so."""
+        s = self.s
+        gen = torch.Generator().manual_seed(seed)
+        order, cursor = torch.randperm(len(labels), generator=gen), 0
+        bar = tqdm(total=self.total, desc=f"prompt tuning {name}", disable=not show, leave=False)
+        try:
+            for step in range(1, self.total + 1):
+                if cursor >= len(order):
+                    order, cursor = torch.randperm(len(labels), generator=gen), 0
+                rows = order[cursor : cursor + s.batch_size].to(labels.device)
+                cursor += s.batch_size
+                self.step(step, enc_train[rows], labels[rows])
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.losses[-1]:.3f}")
+                due = enc_val is not None and (step % self.eval_every == 0 or step == self.total)
+                if due and self.validate(step, enc_val, val_labels):
+                    break
+        finally:
+            bar.close()
+
     def finish(self) -> tuple[Tensor, float | None]:
         """Load the best validated state (without validation: the final average, or the
         weights as they are); return the whole prompt and the best validation accuracy."""
@@ -324,25 +346,8 @@ def tune_prompt(
         else encode_task(model, hd, task, validation, max_length=s.max_length)
     )
     val_labels = None if validation is None else torch.tensor(validation.labels)
-    gen = torch.Generator().manual_seed(seed)
-    order, cursor = torch.randperm(len(train), generator=gen), 0
     show = progress if progress is not None else trainer.total >= 20
-    bar = tqdm(total=trainer.total, desc=f"prompt tuning {task.name} (seed {seed})",
-               disable=not show, leave=False)  # fmt: skip
-    try:
-        for step in range(1, trainer.total + 1):
-            if cursor >= len(order):
-                order, cursor = torch.randperm(len(train), generator=gen), 0
-            rows = order[cursor : cursor + s.batch_size].to(model.device)
-            cursor += s.batch_size
-            trainer.step(step, enc_train[rows], labels[rows])
-            bar.update(1)
-            bar.set_postfix(loss=f"{trainer.losses[-1]:.3f}")
-            due = enc_val is not None and (step % trainer.eval_every == 0 or step == trainer.total)
-            if due and trainer.validate(step, enc_val, val_labels):
-                break
-    finally:
-        bar.close()
+    trainer.run(enc_train, labels, enc_val, val_labels, seed, f"{task.name} (seed {seed})", show)
     prompt, best = trainer.finish()
     return PromptResult(
         prompt=prompt,
