@@ -247,4 +247,4 @@ def test_an_unknown_model_name_is_a_clear_error():
     from neuronlens.errors import UnsupportedModelError
 
     with pytest.raises(UnsupportedModelError, match="load_minilm"):
-        load_model("minilmm")
+        nl.load_model("minilmm")
