@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from neuronlens.errors import (
     EmptyDataError,
@@ -47,6 +46,7 @@ from neuronlens.models.families import ModelKind
 from neuronlens.models.layout import Layout, Placement
 from neuronlens.models.model import Encoded, NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
+from neuronlens.progress import tqdm
 
 # ---------------------------------------------------------------------------- positions
 

@@ -221,14 +221,37 @@ def test_bad_prompt_shape(tiny_bert):
 
 
 def test_same_seed_same_numbers(tiny_bert):
-    outs = []
-    for _ in range(2):
-        torch.manual_seed(7)
-        prompt = torch.randn(2, tiny_bert.d_model)
-        a = nl.collect_activations(tiny_bert, random_texts(4, seed=1), prompt=prompt)
-        outs.append(a)
-    for k in outs[0].acts:
-        assert torch.equal(outs[0].acts[k], outs[1].acts[k])
+    """Everything random is seeded: the same seed gives the same prompt, noise and random
+    control bit for bit, and another seed gives other numbers (so this can fail)."""
+    from neuronlens.interventions import Noise, intervene
+    from neuronlens.neurons import NeuronSet
+    from neuronlens.prompts import tune_prompt
+
+    from .probe_fixtures import word_task
+
+    task = word_task()
+
+    def tuned(seed):
+        return tune_prompt(
+            tiny_bert, task, train=task.load("train"), validation=False, n_tokens=3,
+            max_steps=4, lr=0.1, seed=seed, progress=False,
+        ).prompt  # fmt: skip
+
+    assert torch.equal(tuned(3), tuned(3)) and not torch.equal(tuned(3), tuned(4))
+    nset = NeuronSet({"blocks.0": torch.arange(10)}, {"blocks.0": 24})
+    assert torch.equal(
+        nset.random_control(5).indices["blocks.0"], nset.random_control(5).indices["blocks.0"]
+    )
+    assert not torch.equal(
+        nset.random_control(5).indices["blocks.0"], nset.random_control(6).indices["blocks.0"]
+    )
+    texts = random_texts(4, seed=1)
+
+    def noised(seed):
+        with intervene(tiny_bert, Noise(nset, std=1.0, seed=seed)):
+            return nl.collect_activations(tiny_bert, texts)["blocks.1"]
+
+    assert torch.equal(noised(2), noised(2)) and not torch.equal(noised(2), noised(3))
 
 
 def test_progress_bar_can_be_turned_off(tiny_bert, capsys):

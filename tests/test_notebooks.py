@@ -36,3 +36,9 @@ def test_notebook_runs(path, tmp_path):
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
     assert list(tmp_path.glob("*.html")) or "write_html" not in path.read_text()
+    # what a reader sees: no widget warnings, no walls of text progress bars
+    streams = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert "IProgress not found" not in streams
+    assert streams.count("it/s]") < 5, streams[-2000:]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import neuronlens as nl
-from neuronlens.errors import DataError, NeuronLensError, NonFiniteActivationError
+from neuronlens.errors import DataError, EmptyDataError, NeuronLensError, NonFiniteActivationError
 from neuronlens.probes import (
     AttributionProbe,
     Probe,
@@ -18,58 +18,27 @@ from neuronlens.prompts import render_texts
 from .probe_fixtures import fake_prompt, tiny, word_task
 
 
-def reference_predictivity(model, prompts, task, train, dev):
-    """Store every prompt-position activation; loop over prompts, tokens, neurons, examples."""
-    per_prompt = []
-    for pr in prompts:
-
-        def acts_of(split, pr=pr):
-            texts = render_texts(model, pr.head, task, split)
-            return nl.collect_activations(
-                model, texts, prompt=pr.prompt, positions=nl.PromptTokens()
-            )
-
-        a_train, a_dev = acts_of(train), acts_of(dev)
-        out = {}
-        for site in model.sites:
-            tr, dv = a_train[site.name], a_dev[site.name]  # [N, p, width]
-            pred = torch.zeros(site.width, dtype=torch.float64)
-            for n in range(site.width):
-                best = 0.0
-                for i in range(pr.n_tokens):
-                    bsl = sum(float(tr[x, i, n]) for x in range(tr.shape[0])) / tr.shape[0]
-                    bsl = torch.tensor(bsl, dtype=torch.float32)  # the probe compares in float32
-                    hits = sum(
-                        int(bool(dv[x, i, n] > bsl) == bool(dev.labels[x]))
-                        for x in range(dv.shape[0])
-                    )
-                    acc = hits / dv.shape[0]
-                    best = max(best, acc, 1 - acc)
-                pred[n] = best
-            out[site.name] = pred
-        per_prompt.append(out)
-    return {
-        s.name: torch.stack([p[s.name] for p in per_prompt]).mean(0).float() for s in model.sites
-    }
-
-
 def test_predictivity_equals_reference_exactly():
-    model, task = tiny(), word_task()
+    """Against the raw-HF reference of tests/test_readout.py (its own hooks and loops), at
+    the prompt tokens, bit for bit."""
+    import copy
+
+    from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
+
+    from .test_readout import reference_predictivity
+
+    hf = tiny_hf_model("bert", seed=3)
+    raw = copy.deepcopy(hf)
+    model, task = nl.load_model(hf, tiny_tokenizer(), name="tiny-bert"), word_task()
     prompts = [fake_prompt(model, task, seed=s) for s in (0, 1)]
     train, dev = task.load("train"), task.load("dev")
     got = predictivity(
-        model,
-        prompts,
-        task,
-        dev,
-        train=train,
-        positions=nl.PromptTokens(),
-        batch_size=7,
+        model, prompts, task, dev, train=train, positions=nl.PromptTokens(), batch_size=7,
         progress=False,
-    )
-    ref = reference_predictivity(model, prompts, task, train, dev)
-    for s in model.sites:
-        assert torch.equal(got[s.name], ref[s.name].float()), s.name
+    )  # fmt: skip
+    ref = reference_predictivity(model, raw, "bert", prompts, "mask", task, train, dev, "prompt")
+    for s, expect in zip(model.sites, ref, strict=True):
+        assert torch.equal(got[s.name], expect), s.name
     assert got.per_token["blocks.0"].shape == (3, 24)
     acc = got.extra["accuracy"]["blocks.1"]
     assert ((acc >= 0) & (acc <= 1)).all()
@@ -259,7 +228,7 @@ def test_nan_activations_raise():
 def test_empty_split_is_an_error():
     model, task = tiny(), word_task()
     pr = fake_prompt(model, task)
-    with pytest.raises(Exception, match="empty|no examples"):
+    with pytest.raises(EmptyDataError, match="empty|no examples"):
         attribute(model, pr, task, task.load("train").take(0), progress=False)
 
 

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from neuronlens.capture import CaptureData
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
@@ -45,6 +44,7 @@ from neuronlens.plots import (
     suppression_figure,
 )
 from neuronlens.probes.predictivity import predictivity
+from neuronlens.progress import tqdm
 from neuronlens.prompts.heads import render_texts
 from neuronlens.prompts.results import PromptResult, evaluate
 from neuronlens.tasks import get_task

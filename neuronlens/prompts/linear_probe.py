@@ -5,9 +5,7 @@ A linear probe reads the frozen model's mean-pooled last hidden state and fits
 once (one forward pass over the data, no gradients through the model), then L-BFGS solves the
 convex problem to its optimum for each weight decay; the weight decay with the best validation
 accuracy wins. This is a stronger baseline than training the head by AdamW
-(``tune_prompt(..., n_tokens=0)``), in about the same time: on MiniLM / SST-2, 8,000 sentences,
-it reached 79.9 % on GLUE dev against 78.2 % for two epochs of AdamW (both validated on
-SST-2's held-out rows; 79.6 % with validation sentences split off by ``sentence_disjoint_split``).
+(``tune_prompt(..., n_tokens=0)``), in about the same time (measurements: docs/results.md).
 
     probe = fit_linear_probe(model, get_task("sst2"), train=train)
     evaluate(model, probe, get_task("sst2").load("dev")).accuracy
@@ -20,10 +18,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from neuronlens.errors import NeuronLensError, NonFiniteActivationError
 from neuronlens.models.model import NeuronModel
+from neuronlens.progress import tqdm
 from neuronlens.prompts.heads import LinearHead, encode_task
 from neuronlens.prompts.results import PromptResult
 from neuronlens.prompts.tuning import training_splits

@@ -20,10 +20,10 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchError
 from neuronlens.models.model import NeuronModel
+from neuronlens.progress import tqdm
 from neuronlens.prompts.heads import Head, class_logits, encode_task, make_head
 from neuronlens.prompts.results import DEFAULT_TOKENS, PromptResult, init_prompt
 from neuronlens.tasks import get_task

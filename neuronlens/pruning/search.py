@@ -20,13 +20,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from neuronlens.errors import NeuronLensError
 from neuronlens.models.model import NeuronModel
 from neuronlens.neurons import NeuronScores
 from neuronlens.plots import search_figure
 from neuronlens.probes.attribution import attribute
+from neuronlens.progress import tqdm
 from neuronlens.prompts.results import PromptResult, evaluate
 from neuronlens.prompts.tuning import tune_prompt
 from neuronlens.pruning.flops import flop_ceiling
