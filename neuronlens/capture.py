@@ -658,6 +658,10 @@ def collect_activations(
     """Activations of a few texts, kept in memory, for looking at in a notebook.
 
     For anything large, use :func:`capture` with a reduction callback instead.
+
+    Examples:
+        >>> acts = collect_activations(model, ["a fine film"], positions=LastToken())  # doctest: +SKIP
+        >>> acts["blocks.5"].shape   # [1, 1, width]  # doctest: +SKIP
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if len(texts) > MAX_COLLECT:

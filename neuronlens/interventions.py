@@ -189,6 +189,10 @@ def intervene(
     Where the soft prompt sits (positions ``"prompt"`` / ``"input"``) is read from each
     forward pass; ``n_prompt``, if given, is checked against it. Hooks are removed on exit,
     also after an exception.
+
+    Examples:
+        >>> with intervene(model, Zero(top), Noise(other, std=0.1, per="example")):  # doctest: +SKIP
+        ...     evaluate(model, tuned, dev)
     """
     if n_prompt is not None and (
         isinstance(n_prompt, bool) or not isinstance(n_prompt, int) or n_prompt < 0

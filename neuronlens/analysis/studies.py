@@ -248,6 +248,10 @@ def suppression_curve(
     ``per_layer=False`` the top ``p`` % of the whole model (SKELETON / SKIP order neurons
     this way for pruning). ``ablation``: ``"zero"``, ``"mean"`` (needs ``train``), ``"noise"``
     or an :class:`Ablation`; ``positions`` overrides the ablation's (default every position).
+
+    Examples:
+        >>> curve = suppression_curve(model, tuned, dev, skill, percents=(0, 1, 5))  # doctest: +SKIP
+        >>> curve.to_markdown(); curve.figure().write_html("curve.html")  # doctest: +SKIP
     """
     if random_repeats < 1:
         raise NeuronLensError("random_repeats must be at least 1")
@@ -404,7 +408,12 @@ class TaskSpecificity(_Table):
 
 
 def task_specificity(scores: Mapping[str, NeuronScores]) -> TaskSpecificity:
-    """Spearman correlations of neuron scores between every pair of datasets."""
+    """Spearman correlations of neuron scores between every pair of datasets.
+
+    Examples:
+        >>> spec = task_specificity({"sst2": skill, "adv": adv_skill})  # doctest: +SKIP
+        >>> spec.rho, spec.zscore, spec.figure(z=True)  # doctest: +SKIP
+    """
     names = list(scores)
     if len(names) < 2:
         raise NeuronLensError("task specificity needs scores of at least two datasets")

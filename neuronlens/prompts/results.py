@@ -197,6 +197,10 @@ def evaluate(
     Evaluating task A's prompt on task B's data is prompt transferability. ``tuned=None``
     evaluates the model without a prompt (zero-shot with ``head``, a Verbalizer).
     ``interventions`` (see :mod:`neuronlens.interventions`) are applied during the evaluation.
+
+    Examples:
+        >>> evaluate(model, tuned, dev).accuracy  # doctest: +SKIP
+        >>> evaluate(model, tuned, dev, interventions=[Zero(top)])  # doctest: +SKIP
     """
     task = task or get_task(data.task)
     if tuned is not None:

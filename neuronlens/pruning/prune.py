@@ -187,6 +187,10 @@ def prune_model(
         SiteError: a site the model does not have.
         ShapeMismatchError: an index out of range, or a NeuronSet built for other widths.
         NeuronLensError: neither or both of keep / remove, or a wrong type.
+
+    Examples:
+        >>> small = prune_model(model, attr.top(percent=50))  # doctest: +SKIP
+        >>> small.pruning.kept_ratio  # doctest: +SKIP
     """
     if (keep is None) == (remove is None):
         raise NeuronLensError("give exactly one of keep= (neurons to keep) or remove=")

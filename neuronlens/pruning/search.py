@@ -186,6 +186,10 @@ def skeleton_search(
         retrain: keyword arguments for :func:`~neuronlens.prompts.tune_prompt` during the
             search (default ``{"epochs": 1, "lr": 1e-2}``); ``{}`` uses its defaults.
         scores: precomputed neuron scores (skips the attribution step).
+
+    Examples:
+        >>> res = skeleton_search(model, tuned, task, train=train, eval_data=val, psi=1.0)  # doctest: +SKIP
+        >>> res.kept_ratio, res.accuracy, res.figure()  # doctest: +SKIP
     """
     if scores is None:
         scores = attribute(
