@@ -2,15 +2,19 @@
 
 Every saved result is two files side by side: ``NAME.safetensors`` (the tensors, with the
 metadata also embedded as a JSON string under the key ``"neuronlens"``) and ``NAME.json``
-(the same metadata, for people and tools that do not read safetensors).
+(the same metadata, for people and tools that do not read safetensors). Every file is written
+under a temporary name and renamed into place, so a process killed mid-save never leaves a
+partial result that a later run could load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import torch
@@ -37,12 +41,55 @@ def _stem(path: str | os.PathLike) -> Path:
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; once the block has written it, rename it to
+    ``path`` in one step. A process killed at any moment leaves the old file or the new one,
+    never half of one (the temporary file is removed when the block raises)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink() if tmp.is_file() else shutil.rmtree(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield a temporary directory; then swap it in for ``path`` (the old one is removed
+    only after the new one is in place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_result(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict, *, kind: str
 ) -> Path:
-    """Write ``path.safetensors`` and ``path.json``; returns the safetensors path."""
+    """Write ``path.json`` then ``path.safetensors`` (each atomically); returns the
+    safetensors path, the file that :func:`load_result` reads."""
     stem = _stem(path)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "kind": kind,
         "format_version": FORMAT_VERSION,
@@ -50,13 +97,14 @@ def save_result(
         **metadata,
     }
     text = json.dumps(meta, indent=2, sort_keys=True)
+    write_text_atomic(stem.with_name(stem.name + ".json"), text + "\n")
     st = stem.with_name(stem.name + ".safetensors")
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        str(st),
-        metadata={"neuronlens": text},
-    )
-    stem.with_name(stem.name + ".json").write_text(text + "\n")
+    with atomic_path(st) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"neuronlens": text},
+        )
     return st
 
 

@@ -43,7 +43,9 @@ Config (TOML; every field optional except ``model`` and ``task``)::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 import tomllib
 from collections.abc import Callable
@@ -54,6 +56,7 @@ import neuronlens as nl
 from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
 from neuronlens.capture import AnswerToken, Pooled, PromptAndAnswer
 from neuronlens.errors import NeuronLensError
+from neuronlens.io import write_text_atomic
 from neuronlens.models import ModelKind
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
 from neuronlens.plots import neuron_heatmap
@@ -299,6 +302,7 @@ class StudyRun:
     evald: object
     log: Callable[[str], None] = print
     results: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -414,7 +418,7 @@ def _suppression(run: StudyRun):
         ablation=cfg.ablation,
         train=run.train,
     )
-    (run.out / "suppression.json").write_text(json.dumps(asdict(curve), indent=2))
+    write_text_atomic(run.out / "suppression.json", json.dumps(asdict(curve), indent=2))
     return curve
 
 
@@ -447,7 +451,7 @@ def _pruning(run: StudyRun):
         "accuracy_pruned_retrained": evaluate(small, retuned, run.evald, task=run.task).accuracy,
         "speedup_measured": round(lat["full"] / lat["pruned"], 3),
     }
-    (run.out / "pruning.json").write_text(json.dumps(pruning, indent=2))
+    write_text_atomic(run.out / "pruning.json", json.dumps(pruning, indent=2))
     return pruning
 
 
@@ -488,19 +492,92 @@ STUDY_STEPS = (
 )
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _data_id(*splits) -> str:
+    """A fingerprint of the examples (texts, second texts, labels) of the given splits."""
+    rows = [
+        None if d is False or d is None else [list(d.texts), list(d.texts_b or ()), list(d.labels)]
+        for d in splits
+    ]
+    return _digest(rows)
+
+
+def _model_id(model) -> dict:
+    """What identifies the model: name, sites and widths, and a fingerprint of its weights."""
+    emb = model.input_embeddings.weight[:256].detach().float().cpu().numpy().tobytes()
+    return {
+        "name": model.name,
+        "widths": {s.name: s.width for s in model.sites},
+        "weights": hashlib.sha256(emb).hexdigest()[:16],
+    }
+
+
+def _step_key(run: StudyRun, step: Step, keys: dict[str, dict]) -> dict:
+    """Everything that made a step's result: the config fields it reads, the model, the
+    data, the library version, and the keys of the steps whose results it uses."""
+    return {
+        "config": {f: getattr(run.cfg, f) for f in step.inputs},
+        "model": run.identity["model"],
+        "data": run.identity["data"],
+        "neuronlens": nl.__version__,
+        "uses": {u: _digest(keys[u]) for u in step.uses},
+    }
+
+
+def _why_not(saved: dict | None, key: dict) -> str | None:
+    """``None`` when a saved result may be reused, else why not (the changed inputs)."""
+    if saved is None:
+        return "no finished result"
+    if saved == key:
+        return None
+    changed = [f for f in key["config"] if saved.get("config", {}).get(f) != key["config"][f]]
+    changed += [k for k in ("model", "data", "neuronlens") if saved.get(k) != key[k]]
+    changed += [
+        f"results of {u}" for u in key["uses"] if saved.get("uses", {}).get(u) != key["uses"][u]
+    ]
+    return "changed: " + ", ".join(changed or ["format"])
+
+
+def _run_step(run: StudyRun, step: Step, key: dict, resume: bool):
+    """``(value, loaded, why)``: the saved result when its key matches, else computed (and
+    its key written last, so a step killed before the end counts as unfinished)."""
+    key_file = run.out / "steps" / f"{step.name}.json"
+    why = "--fresh"
+    if resume:
+        saved = json.loads(key_file.read_text()) if key_file.is_file() else None
+        why = _why_not(saved, key)
+        if why is None:
+            value = step.load(run)
+            if value is not None:
+                return value, True, None
+            why = "saved result missing or unreadable"
+    value = step.compute(run)
+    write_text_atomic(key_file, json.dumps(key, indent=2, sort_keys=True, default=str))
+    return value, False, why
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``.
 
-    Each step of :data:`STUDY_STEPS` is loaded from ``out`` when ``resume`` and none of
-    the steps it uses was recomputed; otherwise it is computed and saved."""
+    Each step of :data:`STUDY_STEPS` is reused from ``out`` only when everything that made
+    it is unchanged (:func:`_step_key`: its config fields, the model, the data, the library
+    version, the steps it uses); otherwise it is computed again, and the log and the report
+    say which steps were reused and why the others were not. Every file is written
+    atomically, so a study killed at any moment resumes from its last finished step."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    for stale in [*out.rglob(".*.tmp-*"), *out.rglob(".*.old-*")]:  # left by a killed run
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2))
     model = load_study_model(cfg.model)
     task = get_task(cfg.task)
     train, val, val_from = study_data(cfg, task)
     evald = task.load(cfg.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
-    run = StudyRun(cfg, out, model, task, train, val, evald, log)
+    identity = {"model": _model_id(model), "data": _data_id(train, val, evald)}
+    run = StudyRun(cfg, out, model, task, train, val, evald, log, identity=identity)
     summary: dict = {
         "model": model.name,
         "task": task.name,
@@ -509,21 +586,20 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
         "validation": {"from": val_from, "n": len(val) if val else 0},
         "steps": {},
     }
-    computed: set[str] = set()
-    for step in STUDY_STEPS:
+    keys: dict[str, dict] = {}
+    for i, step in enumerate(STUDY_STEPS, start=1):
+        log(f"[{step.name}] step {i} of {len(STUDY_STEPS)} ...")
         t0 = time.perf_counter()
-        value = step.load(run) if resume and not computed & set(step.uses) else None
-        loaded = value is not None
-        if not loaded:
-            value = step.compute(run)
-            computed.add(step.name)
+        keys[step.name] = _step_key(run, step, keys)
+        value, loaded, why = _run_step(run, step, keys[step.name], resume)
         run.results[step.name] = value
         summary.update(step.summary(run, value))
         seconds = time.perf_counter() - t0
-        summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded}
-        log(f"[{step.name}] {'loaded' if loaded else 'done'} in {seconds:.1f} s")
+        summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded, "why": why}
+        done = "loaded (unchanged)" if loaded else f"computed ({why})"
+        log(f"[{step.name}] {done} in {seconds:.1f} s")
     write_report(out / "report.html", summary, _figures(run, summary))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     log(f"report: {out / 'report.html'}")
     return summary
 
@@ -583,4 +659,4 @@ def write_report(path: Path, summary: dict, figures: dict) -> None:
         for step, v in summary["steps"].items()
     ]
     parts.append("</table></body></html>")
-    path.write_text("\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))

@@ -277,7 +277,8 @@ def test_study_reads_the_answer_where_the_config_says(tmp_path, capsys):
     capsys.readouterr()
     assert main(["study", str(cfg), "--out", str(out)]) == 0
     log = capsys.readouterr().out
-    assert "re-tuning" in log and "[predictivity] done" in log  # not the stale map
+    assert "[prompts] computed (changed: readout)" in log
+    assert "[predictivity] computed (changed: results of prompts)" in log  # not the stale map
     assert PromptResult.load(out / "prompts" / "seed0", model).head.readout == "last"
     summary = json.loads((out / "summary.json").read_text())
     assert not any(s["loaded"] for s in summary["steps"].values())

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from neuronlens.errors import DataFileNotFoundError, NeuronLensError, ShapeMismatchError
-from neuronlens.io import library_versions
+from neuronlens.io import atomic_dir, library_versions
 from neuronlens.models.families import family_for_architecture
 from neuronlens.models.loading import load_model, quiet_transformers
 from neuronlens.models.model import NeuronModel
@@ -43,7 +43,6 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise NeuronLensError(f"{out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
     record: PruningRecord | None = getattr(model, "pruning", None)
     sites = model.sites
     if record is None:
@@ -54,9 +53,6 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
         )
     hf = plain_hf_model(model)
     hf.config.architectures = [type(hf).__name__]
-    with quiet_transformers():
-        hf.save_pretrained(str(out), safe_serialization=True)
-    model.tokenizer.save_pretrained(str(out))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -68,7 +64,11 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
         "record": record.to_dict(),
         "versions": library_versions(),
     }
-    (out / RECORD_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    with atomic_dir(out) as tmp:  # a killed save leaves the old directory, or the new one
+        with quiet_transformers():
+            hf.save_pretrained(str(tmp), safe_serialization=True)
+        model.tokenizer.save_pretrained(str(tmp))
+        (tmp / RECORD_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
 
 
