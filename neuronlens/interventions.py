@@ -118,6 +118,11 @@ class Noise(Intervention):
         noise = torch.randn(shape, generator=self._gen, dtype=torch.float32).to(acts)
         std = torch.full((acts.shape[-1],), float(self.std), device=acts.device, dtype=acts.dtype)
         if self.scale is not None:
+            if site not in self.scale:
+                raise NeuronLensError(
+                    f"Noise(scale=...) has no per-neuron scale for site {site}: give one for "
+                    "every site of the neuron set (e.g. activation_stats(...).std)"
+                )
             std = std * self.scale[site].to(acts)
         hit = (where & self.neurons.mask(site).to(acts.device)).to(acts.dtype)
         return acts + noise * std * hit

@@ -278,3 +278,27 @@ def test_attribution_methods_are_classes_with_one_signature():
         assert by_class.method == cls.name and torch.equal(by_class.flat(), by_name.flat())
     with pytest.raises(NeuronLensError, match="unknown attribution method"):
         attribute(model, pr, task, data, method=len)
+
+
+def test_one_vs_rest_must_name_a_class():
+    model, task = tiny(), word_task()
+    pr = fake_prompt(model, task)
+    for bad in (2, -1, True, "pos"):
+        with pytest.raises(DataError, match="not a class"):
+            predictivity(
+                model, pr, task, task.load("dev"), train=task.load("train"), one_vs_rest=bad,
+                progress=False,
+            )  # fmt: skip
+
+
+def test_noise_scale_must_cover_the_sites():
+    from neuronlens.interventions import Noise
+    from neuronlens.neurons import NeuronSet
+
+    model, task = tiny(), word_task()
+    nset = NeuronSet({"blocks.0": torch.tensor([1, 2])}, {"blocks.0": 24})
+    noise = Noise(nset, std=1.0, scale={"blocks.1": torch.ones(24)})
+    with pytest.raises(NeuronLensError, match="no per-neuron scale for site blocks.0"):
+        nl.evaluate(
+            model, fake_prompt(model, task), task.load("dev"), task=task, interventions=[noise]
+        )

@@ -289,8 +289,10 @@ def test_loading_into_another_model_is_an_error(tmp_path):
     res.save(tmp_path / "p")
     with pytest.raises(ShapeMismatchError, match="hidden size"):
         PromptResult.load(tmp_path / "p", _model("bert", d_model=32, heads=4))
+    with pytest.raises(NeuronLensError, match="tuned on 'tiny-bert', not on 'tiny-gpt2'"):
+        PromptResult.load(tmp_path / "p", _model("gpt2"))  # the same width, another model
     with pytest.raises(NeuronLensError, match="cannot run"):
-        PromptResult.load(tmp_path / "p", _model("gpt2"))
+        PromptResult.load(tmp_path / "p", _model("gpt2"), other_model=True)
     with pytest.raises(NeuronLensError, match="not a"):
         from neuronlens.io import load_result
 

@@ -523,3 +523,10 @@ def test_where_filters_examples_in_order():
     long = data.where(lambda text, text_b, label: len(text.split()) >= 2)
     assert long.texts == ("a b c", "a b", "x y z w") and long.labels == (0, 0, 1)
     assert data.where(lambda t, b, y: y == 1).texts == ("a", "x y z w")
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_hub_download(tmp_path):
+    from neuronlens.errors import DataFileNotFoundError
+
+    with pytest.raises(DataFileNotFoundError, match="does not exist"):
+        get_task("sst2").load("dev", data_dir=tmp_path / "no-such-dir")

@@ -149,9 +149,21 @@ class NeuronAccuracyProbe(_PositionProbe):
         _add(state, f"{key}/sumsq", (a * a * v).sum(0).cpu())
 
 
-def _labels(data, one_vs_rest: int | None) -> torch.Tensor:
+def _labels(data, one_vs_rest: int | None, n_classes: int | None = None) -> torch.Tensor:
     labels = torch.as_tensor(list(data.labels), dtype=torch.long)
     if one_vs_rest is not None:
+        names = getattr(data, "label_names", None) or ()
+        n = n_classes or len(names) or int(labels.max()) + 1
+        if (
+            isinstance(one_vs_rest, bool)
+            or not isinstance(one_vs_rest, int)
+            or not 0 <= one_vs_rest < n
+        ):
+            raise DataError(
+                f"one_vs_rest={one_vs_rest!r} is not a class of this task (classes 0..{n - 1}"
+                + (f": {list(names)}" if names else "")
+                + ")"
+            )
         return (labels == one_vs_rest).long()
     bad = sorted(set(labels.tolist()) - {0, 1})
     if bad:
@@ -315,7 +327,8 @@ def predictivity(
         sites = [s for s in model.sites if s.stack == "encoder_blocks"]
     chosen = model.select_sites(sites)
     positions = positions or PromptAndAnswer()
-    x = _Inputs(task, dev, train, baselines, chosen, positions, _labels(dev, one_vs_rest),
+    n_classes = getattr(task, "num_labels", None)
+    x = _Inputs(task, dev, train, baselines, chosen, positions, _labels(dev, one_vs_rest, n_classes),
                 batch_size, max_length, progress)  # fmt: skip
     per_prompt = [_one_prompt(model, k, pr, x) for k, pr in enumerate(prompts)]
 

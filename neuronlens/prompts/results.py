@@ -94,14 +94,26 @@ class PromptResult:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, model: NeuronModel, *, readout: str | None = None
+        cls,
+        path: str | os.PathLike,
+        model: NeuronModel,
+        *,
+        readout: str | None = None,
+        other_model: bool = False,
     ) -> PromptResult:
         """Load a saved prompt for ``model``.
 
-        A model of another hidden size or kind, or a ``readout`` other than the one the
-        prompt was tuned with (when given), is an error. Files saved before readouts were
-        recorded load with the readout they were tuned with (mask / last / pool)."""
+        A model of another name (unless ``other_model=True``: a prompt only means something
+        in the embedding space it was tuned in), hidden size or kind, or a ``readout`` other
+        than the one the prompt was tuned with (when given), is an error. Files saved before
+        readouts were recorded load with the readout they were tuned with."""
         tensors, meta = load_result(path, kind="soft_prompt")
+        if meta["model"] != model.name and not other_model:
+            raise NeuronLensError(
+                f"{path}: the prompt was tuned on {meta['model']!r}, not on {model.name!r}; "
+                "load it into the model it was tuned on (a pruned model keeps its source's "
+                "name), or pass other_model=True if you mean to try it elsewhere"
+            )
         if meta["hidden_size"] != model.d_model:
             raise ShapeMismatchError(
                 f"{path}: the prompt was tuned for hidden size {meta['hidden_size']} "

@@ -194,9 +194,14 @@ class Task:
             return spec.hub
         path = Path(spec.local.path).expanduser()
         if not path.is_absolute():
-            base, _ = configured_data_dir(data_dir)
+            base, setting = configured_data_dir(data_dir)
             if base is None:
                 return spec.hub
+            if not base.is_dir():  # a data directory was asked for: never fall back quietly
+                raise DataFileNotFoundError(
+                    f"{where}: the data directory {base} (from {setting}) does not exist; fix "
+                    f"the path, or pass source='hub' to read the split from the hub"
+                )
             path = base / path
         return spec.local if path.is_file() else spec.hub
 
