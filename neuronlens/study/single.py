@@ -43,27 +43,22 @@ Config (TOML; every field optional except ``model`` and ``task``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import time
-import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import neuronlens as nl
 from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
 from neuronlens.capture import AnswerToken, Pooled, PromptAndAnswer
-from neuronlens.errors import NeuronLensError
 from neuronlens.io import write_text_atomic
 from neuronlens.models import ModelKind
+from neuronlens.models.assets import load_minilm, load_smollm2
+from neuronlens.models.loading import load_model
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
 from neuronlens.plots import neuron_heatmap
 from neuronlens.probes import NeuronScores, attribute, predictivity
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.prompts.heads import make_head
-from neuronlens.prompts.tuning import TrainingSettings
 from neuronlens.pruning import (
     interleaved_latency,
     keep_top,
@@ -71,173 +66,22 @@ from neuronlens.pruning import (
     retrain_prompt,
     save_pruned,
 )
+from neuronlens.study.config import MAX_VAL, VALIDATION, ConfigError, StudyConfig
+from neuronlens.study.report import write_report
+from neuronlens.study.steps import Step, data_id, model_id, remove_stale, run_steps
 from neuronlens.tasks import get_task, sentence_disjoint_split
-
-VALIDATION = ("auto", "split", "sentences", "none")
-READOUTS = ("auto", "prompt", "mask", "last", "pool")
-ABLATIONS = ("zero", "mean", "noise")
-POSITIONS = ("auto", "prompt", "answer", "pooled")
-#: validation examples drawn for early stopping (at most; fewer when ``eval_size`` is smaller)
-MAX_VAL = 300
-
-
-class ConfigError(NeuronLensError, ValueError):
-    """A study config with a missing, unknown or ill-typed field."""
-
-
-_TYPES = {
-    "model": str,
-    "task": str,
-    "data_dir": (str, type(None)),
-    "train_size": int,
-    "validation": str,
-    "eval_split": str,
-    "eval_size": int,
-    "n_tokens": int,
-    "readout": str,
-    "seeds": list,
-    "epochs": (int, float),
-    "lr": (int, float),
-    "head_lr": (int, float),
-    "batch_size": int,
-    "suppression_percents": list,
-    "random_repeats": int,
-    "per_layer": bool,
-    "positions": str,
-    "ablation": str,
-    "prune_keep": (int, float),
-    "retrain_steps": int,
-}
-
-
-@dataclass
-class StudyConfig:
-    """What a study runs on and with which settings (see the module docstring)."""
-
-    model: str
-    task: str
-    data_dir: str | None = None
-    train_size: int = 1000
-    validation: str = "auto"
-    eval_split: str = "dev"
-    eval_size: int = 400
-    n_tokens: int = 20
-    readout: str = "auto"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: float = TrainingSettings.epochs
-    lr: float = TrainingSettings.lr
-    head_lr: float = TrainingSettings.head_lr
-    batch_size: int = TrainingSettings.batch_size
-    suppression_percents: list[float] = field(default_factory=lambda: [0, 1, 5, 10])
-    random_repeats: int = 2
-    per_layer: bool = True
-    positions: str = "auto"
-    ablation: str = "zero"
-    prune_keep: float = 0.5
-    retrain_steps: int = 30
-
-    def __post_init__(self) -> None:
-        """Every field's type and range, also for a config built directly (not from TOML)."""
-        for f in fields(self):
-            value, expected = getattr(self, f.name), _TYPES[f.name]
-            if (isinstance(value, bool) and expected is not bool) or not isinstance(
-                value, expected
-            ):
-                raise ConfigError(
-                    f"config field {f.name!r} has {value!r} ({type(value).__name__}); "
-                    f"expected {getattr(expected, '__name__', expected)}"
-                )
-        if self.readout not in READOUTS:
-            raise ConfigError(
-                f"config field 'readout' must be one of {list(READOUTS)}, got {self.readout!r}"
-            )
-        if self.positions not in POSITIONS:
-            raise ConfigError(
-                f"config field 'positions' must be one of {list(POSITIONS)}, got {self.positions!r}"
-            )
-        if self.ablation not in ABLATIONS:
-            raise ConfigError(
-                f"config field 'ablation' must be one of {list(ABLATIONS)}, got {self.ablation!r}"
-            )
-        if self.validation not in VALIDATION:
-            raise ConfigError(
-                f"config field 'validation' must be one of {list(VALIDATION)}, "
-                f"got {self.validation!r}"
-            )
-        if not self.seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in self.seeds
-        ):
-            raise ConfigError("config field 'seeds' must be a non-empty list of integers")
-        if not 0 < self.prune_keep <= 1:
-            raise ConfigError(f"config field 'prune_keep' must be in (0, 1], got {self.prune_keep}")
-        for name in ("train_size", "eval_size", "n_tokens", "batch_size", "random_repeats"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field {name!r} must be at least 1")
-        if not all(
-            isinstance(p, (int, float)) and 0 <= p <= 100 for p in self.suppression_percents
-        ):
-            raise ConfigError("config field 'suppression_percents' must hold numbers within 0..100")
-
-        self.training()  # the training fields, checked as tune_prompt checks them
-
-    def training(self) -> TrainingSettings:
-        """The prompt-training settings of this study (one set of defaults with tune_prompt)."""
-        try:
-            return TrainingSettings(
-                epochs=self.epochs, lr=self.lr, head_lr=self.head_lr, batch_size=self.batch_size
-            )
-        except NeuronLensError as err:
-            raise ConfigError(f"config: {err}") from err
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> StudyConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        for name in ("model", "task"):
-            if name not in raw:
-                raise ConfigError(f"config field {name!r} is missing (it has no default)")
-        return cls(**raw)  # __post_init__ checks types and ranges
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> StudyConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path} is not valid TOML: {err}") from err
-        return cls.from_dict(raw)
-
-
-DEMO = StudyConfig(
-    model="minilm",
-    task="toy_sentiment",
-    train_size=600,
-    eval_split="test",
-    eval_size=200,
-    n_tokens=10,
-    seeds=[0, 1],
-    epochs=1.0,
-    suppression_percents=[0, 1, 5, 10],
-    random_repeats=2,
-    prune_keep=0.5,
-    retrain_steps=30,
-)
 
 
 def load_study_model(name: str):
     if name == "minilm":
-        return nl.load_minilm()
+        return load_minilm()
     if name == "smollm2":
-        return nl.load_smollm2()
+        return load_smollm2()
     if name.startswith("tiny:"):  # tiny random model for quick checks, e.g. "tiny:bert"
-        return nl.load_model(
+        return load_model(
             tiny_hf_model(name[5:], d_model=32, heads=4, d_mlp=48), tiny_tokenizer(), name=name
         )
-    return nl.load_model(name)
+    return load_model(name)
 
 
 def study_data(cfg: StudyConfig, task) -> tuple:
@@ -303,23 +147,6 @@ class StudyRun:
     log: Callable[[str], None] = print
     results: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of a study.
-
-    ``uses``: the earlier steps whose results it takes (recomputing one recomputes this);
-    ``inputs``: the config fields it reads; ``load(run)``: its saved result, or ``None``
-    when there is none to reuse; ``compute(run)``: compute and save it; ``summary(run,
-    value)``: its entries of ``summary.json``."""
-
-    name: str
-    uses: tuple[str, ...]
-    inputs: tuple[str, ...]
-    load: Callable[[StudyRun], object]
-    compute: Callable[[StudyRun], object]
-    summary: Callable[[StudyRun, object], dict]
 
 
 def _readout(run: StudyRun) -> str:
@@ -492,91 +319,23 @@ STUDY_STEPS = (
 )
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _data_id(*splits) -> str:
-    """A fingerprint of the examples (texts, second texts, labels) of the given splits."""
-    rows = [
-        None if d is False or d is None else [list(d.texts), list(d.texts_b or ()), list(d.labels)]
-        for d in splits
-    ]
-    return _digest(rows)
-
-
-def _model_id(model) -> dict:
-    """What identifies the model: name, sites and widths, and a fingerprint of its weights."""
-    emb = model.input_embeddings.weight[:256].detach().float().cpu().numpy().tobytes()
-    return {
-        "name": model.name,
-        "widths": {s.name: s.width for s in model.sites},
-        "weights": hashlib.sha256(emb).hexdigest()[:16],
-    }
-
-
-def _step_key(run: StudyRun, step: Step, keys: dict[str, dict]) -> dict:
-    """Everything that made a step's result: the config fields it reads, the model, the
-    data, the library version, and the keys of the steps whose results it uses."""
-    return {
-        "config": {f: getattr(run.cfg, f) for f in step.inputs},
-        "model": run.identity["model"],
-        "data": run.identity["data"],
-        "neuronlens": nl.__version__,
-        "uses": {u: _digest(keys[u]) for u in step.uses},
-    }
-
-
-def _why_not(saved: dict | None, key: dict) -> str | None:
-    """``None`` when a saved result may be reused, else why not (the changed inputs)."""
-    if saved is None:
-        return "no finished result"
-    if saved == key:
-        return None
-    changed = [f for f in key["config"] if saved.get("config", {}).get(f) != key["config"][f]]
-    changed += [k for k in ("model", "data", "neuronlens") if saved.get(k) != key[k]]
-    changed += [
-        f"results of {u}" for u in key["uses"] if saved.get("uses", {}).get(u) != key["uses"][u]
-    ]
-    return "changed: " + ", ".join(changed or ["format"])
-
-
-def _run_step(run: StudyRun, step: Step, key: dict, resume: bool):
-    """``(value, loaded, why)``: the saved result when its key matches, else computed (and
-    its key written last, so a step killed before the end counts as unfinished)."""
-    key_file = run.out / "steps" / f"{step.name}.json"
-    why = "--fresh"
-    if resume:
-        saved = json.loads(key_file.read_text()) if key_file.is_file() else None
-        why = _why_not(saved, key)
-        if why is None:
-            value = step.load(run)
-            if value is not None:
-                return value, True, None
-            why = "saved result missing or unreadable"
-    value = step.compute(run)
-    write_text_atomic(key_file, json.dumps(key, indent=2, sort_keys=True, default=str))
-    return value, False, why
-
-
 def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``.
 
     Each step of :data:`STUDY_STEPS` is reused from ``out`` only when everything that made
-    it is unchanged (:func:`_step_key`: its config fields, the model, the data, the library
-    version, the steps it uses); otherwise it is computed again, and the log and the report
+    it is unchanged (:mod:`neuronlens.study.steps`: its config fields, the model, the data,
+    the library version, the steps it uses); otherwise it is computed again, and the log and the report
     say which steps were reused and why the others were not. Every file is written
     atomically, so a study killed at any moment resumes from its last finished step."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.rglob(".*.tmp-*"), *out.rglob(".*.old-*")]:  # left by a killed run
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    remove_stale(out)  # what a killed run left
     write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2))
     model = load_study_model(cfg.model)
     task = get_task(cfg.task)
     train, val, val_from = study_data(cfg, task)
     evald = task.load(cfg.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
-    identity = {"model": _model_id(model), "data": _data_id(train, val, evald)}
+    identity = {"model": model_id(model), "data": data_id(train, val, evald)}
     run = StudyRun(cfg, out, model, task, train, val, evald, log, identity=identity)
     summary: dict = {
         "model": model.name,
@@ -586,18 +345,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
         "validation": {"from": val_from, "n": len(val) if val else 0},
         "steps": {},
     }
-    keys: dict[str, dict] = {}
-    for i, step in enumerate(STUDY_STEPS, start=1):
-        log(f"[{step.name}] step {i} of {len(STUDY_STEPS)} ...")
-        t0 = time.perf_counter()
-        keys[step.name] = _step_key(run, step, keys)
-        value, loaded, why = _run_step(run, step, keys[step.name], resume)
-        run.results[step.name] = value
-        summary.update(step.summary(run, value))
-        seconds = time.perf_counter() - t0
-        summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded, "why": why}
-        done = "loaded (unchanged)" if loaded else f"computed ({why})"
-        log(f"[{step.name}] {done} in {seconds:.1f} s")
+    run_steps(run, list(STUDY_STEPS), summary, resume=resume, log=log)
     write_report(out / "report.html", summary, _figures(run, summary))
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     log(f"report: {out / 'report.html'}")
@@ -614,49 +362,3 @@ def _figures(run: StudyRun, summary: dict) -> dict:
         ).figure(),
         "Suppression: top predictive vs random neurons": run.results["suppression"].figure(),
     }
-
-
-def write_report(path: Path, summary: dict, figures: dict) -> None:
-    """One standalone HTML page: Plotly figures (JS inlined once) and the summary tables."""
-    import html
-
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>neuronlens report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
-        f"<h1>neuronlens study: {html.escape(summary['model'])} on {html.escape(summary['task'])}</h1>",
-    ]
-    for i, (title, fig) in enumerate(figures.items()):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    for key, head in (("prompt_accuracy", ("seed", "accuracy")), ("pruning", ("", ""))):
-        parts.append(f"<h2>{key.replace('_', ' ')}</h2><table>")
-        if any(head):
-            parts.append(f"<tr><th>{head[0]}</th><th>{head[1]}</th></tr>")
-        parts += [
-            f"<tr><th>{html.escape(str(k))}</th><td>{v:.4f}</td></tr>"
-            if isinstance(v, float)
-            else f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in summary[key].items()
-        ]
-        parts.append("</table>")
-    rows = summary["suppression"]
-    parts.append(
-        "<h2>suppression</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in rows[0]) + "</tr>"
-    )
-    parts += [
-        "<tr>"
-        + "".join(
-            f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in r.values()
-        )
-        + "</tr>"
-        for r in rows
-    ]
-    parts.append("</table><h2>steps</h2><table><tr><th>step</th><th>seconds</th><th></th></tr>")
-    parts += [
-        f"<tr><th>{step}</th><td>{v['seconds']}</td>"
-        f"<td>{'loaded from disk' if v['loaded'] else 'computed'}</td></tr>"
-        for step, v in summary["steps"].items()
-    ]
-    parts.append("</table></body></html>")
-    write_text_atomic(path, "\n".join(parts))
