@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.study import DEMO, StudyConfig, run_study
+from neuronlens.study import DEMO, MultiTaskConfig, load_config, run_multitask_study, run_study
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             run_study(replace(DEMO, model=args.model), args.out, resume=not args.fresh)
         else:
-            cfg = StudyConfig.from_toml(args.config)
+            cfg = load_config(args.config)  # a multi-task study when it lists tasks
             out = args.out or str(Path("neuronlens-out") / Path(args.config).stem)
-            run_study(cfg, out, resume=not args.fresh)
+            run = run_multitask_study if isinstance(cfg, MultiTaskConfig) else run_study
+            run(cfg, out, resume=not args.fresh)
     except NeuronLensError as err:
         print(f"neuronlens: error: {err}", file=sys.stderr)
         return 2

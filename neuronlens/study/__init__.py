@@ -2,13 +2,23 @@
 
 * :mod:`~neuronlens.study.single` - one model on one task: prompts, predictivity,
   suppression, pruning with re-training, a report (``StudyConfig``, :func:`run_study`);
+* :mod:`~neuronlens.study.multitask` - the robustness paper's whole study over several tasks
+  and models (``MultiTaskConfig``, :func:`run_multitask_study`);
 * :mod:`~neuronlens.study.steps` - the machinery: steps, the keys of what made each result,
   resume, atomic saves;
 * :mod:`~neuronlens.study.config` - the configs, checked when built;
 * :mod:`~neuronlens.study.report` - the HTML report.
 """
 
-from neuronlens.study.config import DEMO, ConfigError, StudyConfig
+from neuronlens.study.config import (
+    DEMO,
+    ConfigError,
+    MultiTaskConfig,
+    StudyConfig,
+    TaskSpec,
+    load_config,
+)
+from neuronlens.study.multitask import run_multitask_study
 from neuronlens.study.report import write_report
 from neuronlens.study.single import (
     STUDY_STEPS,
@@ -24,6 +34,10 @@ __all__ = [
     "DEMO",
     "STUDY_STEPS",
     "ConfigError",
+    "MultiTaskConfig",
+    "TaskSpec",
+    "load_config",
+    "run_multitask_study",
     "Step",
     "StudyConfig",
     "StudyRun",

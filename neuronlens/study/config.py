@@ -30,6 +30,8 @@ class ConfigError(NeuronLensError, ValueError):
 _TYPES = {
     "model": str,
     "task": str,
+    "models": list,
+    "tasks": list,
     "data_dir": (str, type(None)),
     "train_size": int,
     "validation": str,
@@ -49,7 +51,68 @@ _TYPES = {
     "ablation": str,
     "prune_keep": (int, float),
     "retrain_steps": int,
+    "cross_percent": (int, float),
 }
+_CHOICES = {
+    "readout": READOUTS,
+    "positions": POSITIONS,
+    "ablation": ABLATIONS,
+    "validation": VALIDATION,
+}
+_AT_LEAST_1 = ("train_size", "eval_size", "n_tokens", "batch_size", "random_repeats")
+
+
+def _check_fields(cfg) -> None:
+    """Types, choices and ranges of every field a config has (shared by all configs)."""
+    for f in fields(cfg):
+        value, expected = getattr(cfg, f.name), _TYPES[f.name]
+        if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+            raise ConfigError(
+                f"config field {f.name!r} has {value!r} ({type(value).__name__}); "
+                f"expected {getattr(expected, '__name__', expected)}"
+            )
+        if f.name in _CHOICES and value not in _CHOICES[f.name]:
+            raise ConfigError(
+                f"config field {f.name!r} must be one of {list(_CHOICES[f.name])}, got {value!r}"
+            )
+        if f.name in _AT_LEAST_1 and value < 1:
+            raise ConfigError(f"config field {f.name!r} must be at least 1")
+    if not cfg.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds):
+        raise ConfigError("config field 'seeds' must be a non-empty list of integers")
+    if not all(isinstance(p, int | float) and 0 <= p <= 100 for p in cfg.suppression_percents):
+        raise ConfigError("config field 'suppression_percents' must hold numbers within 0..100")
+    training_settings(cfg)  # the training fields, checked as tune_prompt checks them
+
+
+def training_settings(cfg) -> TrainingSettings:
+    """A config's prompt-training settings (one set of defaults with tune_prompt)."""
+    try:
+        return TrainingSettings(
+            epochs=cfg.epochs, lr=cfg.lr, head_lr=cfg.head_lr, batch_size=cfg.batch_size
+        )
+    except NeuronLensError as err:
+        raise ConfigError(f"config: {err}") from err
+
+
+def _from_dict(cls, raw: dict, required: tuple[str, ...]):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+    for name in required:
+        if name not in raw:
+            raise ConfigError(f"config field {name!r} is missing (it has no default)")
+    return cls(**raw)  # __post_init__ checks types and ranges
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from err
 
 
 @dataclass
@@ -80,78 +143,21 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         """Every field's type and range, also for a config built directly (not from TOML)."""
-        for f in fields(self):
-            value, expected = getattr(self, f.name), _TYPES[f.name]
-            if (isinstance(value, bool) and expected is not bool) or not isinstance(
-                value, expected
-            ):
-                raise ConfigError(
-                    f"config field {f.name!r} has {value!r} ({type(value).__name__}); "
-                    f"expected {getattr(expected, '__name__', expected)}"
-                )
-        if self.readout not in READOUTS:
-            raise ConfigError(
-                f"config field 'readout' must be one of {list(READOUTS)}, got {self.readout!r}"
-            )
-        if self.positions not in POSITIONS:
-            raise ConfigError(
-                f"config field 'positions' must be one of {list(POSITIONS)}, got {self.positions!r}"
-            )
-        if self.ablation not in ABLATIONS:
-            raise ConfigError(
-                f"config field 'ablation' must be one of {list(ABLATIONS)}, got {self.ablation!r}"
-            )
-        if self.validation not in VALIDATION:
-            raise ConfigError(
-                f"config field 'validation' must be one of {list(VALIDATION)}, "
-                f"got {self.validation!r}"
-            )
-        if not self.seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in self.seeds
-        ):
-            raise ConfigError("config field 'seeds' must be a non-empty list of integers")
+        _check_fields(self)
         if not 0 < self.prune_keep <= 1:
             raise ConfigError(f"config field 'prune_keep' must be in (0, 1], got {self.prune_keep}")
-        for name in ("train_size", "eval_size", "n_tokens", "batch_size", "random_repeats"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field {name!r} must be at least 1")
-        if not all(
-            isinstance(p, (int, float)) and 0 <= p <= 100 for p in self.suppression_percents
-        ):
-            raise ConfigError("config field 'suppression_percents' must hold numbers within 0..100")
-
-        self.training()  # the training fields, checked as tune_prompt checks them
 
     def training(self) -> TrainingSettings:
-        """The prompt-training settings of this study (one set of defaults with tune_prompt)."""
-        try:
-            return TrainingSettings(
-                epochs=self.epochs, lr=self.lr, head_lr=self.head_lr, batch_size=self.batch_size
-            )
-        except NeuronLensError as err:
-            raise ConfigError(f"config: {err}") from err
+        """The prompt-training settings of this study."""
+        return training_settings(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> StudyConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
-        for name in ("model", "task"):
-            if name not in raw:
-                raise ConfigError(f"config field {name!r} is missing (it has no default)")
-        return cls(**raw)  # __post_init__ checks types and ranges
+        return _from_dict(cls, raw, ("model", "task"))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> StudyConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path} is not valid TOML: {err}") from err
-        return cls.from_dict(raw)
+        return cls.from_dict(read_toml(path))
 
 
 DEMO = StudyConfig(
@@ -168,3 +174,93 @@ DEMO = StudyConfig(
     prune_keep=0.5,
     retrain_steps=30,
 )
+
+
+@dataclass
+class TaskSpec:
+    """One task of a multi-task study.
+
+    ``eval_split``: where accuracy, predictivity and suppression are measured;
+    ``adversarial``: a task scored with this task's prompts and clean train baselines (e.g.
+    ``"adv_sst2"``); ``train_split``: where prompts are trained and baselines taken; equal to
+    ``eval_split`` (a task with one local split, such as QNLI's dev), the split is divided
+    into disjoint train and eval parts (``eval_size`` eval examples; stated in the summary).
+    """
+
+    name: str
+    eval_split: str = "dev"
+    adversarial: str | None = None
+    train_split: str = "train"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str) and not (f.name == "adversarial" and value is None):
+                raise ConfigError(f"task field {f.name!r} has {value!r}; expected a string")
+
+
+@dataclass
+class MultiTaskConfig:
+    """The robustness paper's study over several tasks and models (see
+    :mod:`neuronlens.study.multitask`); fields as in :class:`StudyConfig`, plus ``models``,
+    ``tasks`` (:class:`TaskSpec` tables) and ``cross_percent`` (the neurons switched off in
+    cross suppression, per layer)."""
+
+    models: list[str]
+    tasks: list[TaskSpec]
+    data_dir: str | None = None
+    train_size: int = 1000
+    validation: str = "auto"
+    eval_size: int = 400
+    n_tokens: int = 20
+    readout: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: float = TrainingSettings.epochs
+    lr: float = TrainingSettings.lr
+    head_lr: float = TrainingSettings.head_lr
+    batch_size: int = TrainingSettings.batch_size
+    positions: str = "auto"
+    suppression_percents: list[float] = field(default_factory=lambda: [1, 3, 5, 10, 15])
+    random_repeats: int = 3
+    per_layer: bool = True
+    ablation: str = "zero"
+    cross_percent: float = 5.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, list):
+            self.tasks = [t if isinstance(t, TaskSpec) else _task_spec(t) for t in self.tasks]
+        _check_fields(self)
+        if not self.models or not all(isinstance(m, str) for m in self.models):
+            raise ConfigError("config field 'models' must be a non-empty list of model names")
+        names = [t.name for t in self.tasks]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"config field 'tasks' must list distinct tasks, got {names}")
+        if not 0 < self.cross_percent <= 100:
+            raise ConfigError(
+                f"config field 'cross_percent' must be in (0, 100], got {self.cross_percent}"
+            )
+
+    def training(self) -> TrainingSettings:
+        return training_settings(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> MultiTaskConfig:
+        return _from_dict(cls, raw, ("models", "tasks"))
+
+
+def _task_spec(raw) -> TaskSpec:
+    if isinstance(raw, str):
+        return TaskSpec(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"each entry of 'tasks' is a task name or a table, got {raw!r}")
+    known = {f.name for f in fields(TaskSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown or "name" not in raw:
+        raise ConfigError(f"a task table needs 'name' and takes {sorted(known)}; got {sorted(raw)}")
+    return TaskSpec(**raw)
+
+
+def load_config(path: str | Path) -> StudyConfig | MultiTaskConfig:
+    """The config in a TOML file: a multi-task study when it lists ``tasks``."""
+    raw = read_toml(path)
+    return MultiTaskConfig.from_dict(raw) if "tasks" in raw else StudyConfig.from_dict(raw)

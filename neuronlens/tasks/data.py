@@ -134,6 +134,19 @@ class TaskData:
             return self
         return self._select(sorted(random.Random(seed).sample(range(len(self)), n)))
 
+    def split_off(self, n: int, seed: int = 0) -> tuple[TaskData, TaskData]:
+        """``(rest, part)``: ``part`` is :meth:`subset` ``(n, seed)``, ``rest`` every other
+        example; no example is in both (a split divided into train and eval)."""
+        check_count(n)
+        if not 0 < n < len(self):
+            raise DataError(
+                f"cannot split {n} of {len(self)} examples off {self.task}/{self.split}: "
+                "keep at least one on each side"
+            )
+        chosen = set(random.Random(seed).sample(range(len(self)), n))
+        rest = [i for i in range(len(self)) if i not in chosen]
+        return self._select(rest), self._select(sorted(chosen))
+
     def where(self, keep) -> TaskData:
         """The examples for which ``keep(text, text_b, label)`` is true (order kept)."""
         texts_b = self.texts_b or (None,) * len(self)

@@ -1,0 +1,427 @@
+"""The robustness paper's whole study over several tasks and models, as one command.
+
+For each model of a :class:`~neuronlens.study.config.MultiTaskConfig`:
+
+1. a prompt per task and seed;
+2. accuracy on each task's eval split and on its adversarial counterpart, mean ± std over
+   the seeds (the paper's Table 1);
+3. predictivity per task, and on the adversarial set with the clean train baselines, and the
+   Spearman rho of the two maps;
+4. prompt transferability within each label space, absolute and relative (Fig. 1, 7);
+5. task specificity: Spearman per layer then averaged over layers, and its z-normalised
+   matrix (Fig. 3, 8); predictivity and neuron-accuracy distributions under the model's
+   accuracy (Fig. 2, 9);
+6. suppression curves per task, top neurons against random controls (Fig. 4, 10);
+7. cross suppression clean <-> adversarial (Fig. 6).
+
+Each step is reused only when everything that made it is unchanged
+(:mod:`neuronlens.study.steps`); ``report.html`` and ``summary.json`` cover every model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neuronlens.analysis import (
+    CrossSuppression,
+    SuppressionCurve,
+    TaskSpecificity,
+    Transferability,
+    cross_suppression,
+    distributions,
+    suppression_curve,
+    task_specificity,
+    transferability,
+)
+from neuronlens.io import write_text_atomic
+from neuronlens.probes import NeuronScores, predictivity
+from neuronlens.prompts import PromptResult, evaluate, tune_prompt
+from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskSpec
+from neuronlens.study.report import steps_rows, write_page
+from neuronlens.study.single import load_study_model, study_data, study_positions
+from neuronlens.study.steps import Step, data_id, model_id, remove_stale, run_steps
+from neuronlens.tasks import get_task
+
+
+@dataclass
+class TaskSplits:
+    """One task's data in a study: train, validation, eval, and the adversarial set."""
+
+    spec: TaskSpec
+    task: object
+    train: object
+    val: object
+    evald: object
+    adv: object | None
+    how: dict
+
+    def splits(self) -> tuple:
+        return self.train, self.val, self.evald, self.adv
+
+
+def task_splits(cfg: MultiTaskConfig, spec: TaskSpec) -> TaskSplits:
+    """A task's splits. When ``train_split == eval_split`` the split is divided: eval
+    examples first, then validation, the rest for training, none in two parts."""
+    try:
+        task = get_task(spec.name)
+        adv_task = None if spec.adversarial is None else get_task(spec.adversarial)
+    except Exception as err:  # an unknown task name
+        raise ConfigError(f"config task {spec.name!r}: {err}") from err
+    if adv_task is not None and adv_task.label_space != task.label_space:
+        raise ConfigError(
+            f"config task {spec.name!r}: its adversarial set {spec.adversarial!r} has label "
+            f"space {adv_task.label_space!r}, not {task.label_space!r}"
+        )
+    if spec.train_split == spec.eval_split:
+        full = task.load(spec.eval_split, data_dir=cfg.data_dir)
+        rest, evald = full.split_off(min(cfg.eval_size, len(full) // 2), seed=1)
+        rest, val = rest.split_off(min(MAX_VAL, len(rest) // 4), seed=2)
+        train = rest.subset(cfg.train_size, seed=0)
+        how = {"divided": spec.eval_split, "validation": "split off the same split"}
+    else:
+        train, val, val_from = study_data(cfg, task)
+        evald = task.load(spec.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
+        how = {"divided": None, "validation": val_from}
+    adv = None
+    if adv_task is not None:
+        adv = adv_task.load("dev", data_dir=cfg.data_dir)
+    how.update(n_train=len(train), n_val=len(val) if val else 0, n_eval=len(evald))
+    return TaskSplits(spec, task, train, val, evald, adv, how)
+
+
+@dataclass
+class MultiRun:
+    """What the steps of one model share."""
+
+    cfg: MultiTaskConfig
+    out: Path
+    model: object
+    tasks: dict[str, TaskSplits]
+    log: object = print
+    results: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)
+
+
+_DATA = ("data_dir", "train_size", "validation", "eval_size")
+_TUNE = _DATA + ("n_tokens", "readout", "seeds", "epochs", "lr", "head_lr", "batch_size")
+
+
+def _prompt_steps(name: str) -> Step:
+    def path(run, seed):
+        return run.out / "prompts" / name / f"seed{seed}"
+
+    def load(run):
+        paths = [path(run, s) for s in run.cfg.seeds]
+        if not all(p.with_suffix(".safetensors").is_file() for p in paths):
+            return None
+        return [PromptResult.load(p, run.model) for p in paths]
+
+    def compute(run):
+        ts = run.tasks[name]
+        prompts = []
+        for seed in run.cfg.seeds:
+            tuned = tune_prompt(
+                run.model, ts.task, train=ts.train, validation=ts.val, readout=run.cfg.readout,
+                n_tokens=run.cfg.n_tokens, settings=run.cfg.training(), seed=seed,
+            )  # fmt: skip
+            tuned.save(path(run, seed))
+            prompts.append(tuned)
+        return prompts
+
+    return Step(f"prompts/{name}", (), _TUNE, load, compute, lambda run, v: {}, {"task": name})
+
+
+def _json_step(name, uses, inputs, compute, load_as=None, extra=None) -> Step:
+    """A step whose result is saved as ``{name}.json`` (``load_as`` rebuilds an object)."""
+
+    def path(run):
+        return run.out / f"{name.replace('/', '--')}.json"
+
+    def load(run):
+        if not path(run).is_file():
+            return None
+        raw = json.loads(path(run).read_text())
+        return load_as(raw) if load_as else raw
+
+    def run_compute(run):
+        value = compute(run)
+        raw = _jsonable(value)
+        write_text_atomic(path(run), json.dumps(raw, indent=2, default=float))
+        return load_as(raw) if load_as else raw
+
+    return Step(name, uses, inputs, load, run_compute, lambda run, v: {}, extra or {})
+
+
+def _jsonable(value):
+    if hasattr(value, "__dataclass_fields__"):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _accuracy(run) -> dict:
+    out = {}
+    for name, ts in run.tasks.items():
+        prompts = run.results[f"prompts/{name}"]
+        clean = [evaluate(run.model, p, ts.evald, task=ts.task).accuracy for p in prompts]
+        adv = None if ts.adv is None else [
+            evaluate(run.model, p, ts.adv, task=ts.task).accuracy for p in prompts
+        ]  # fmt: skip
+        out[name] = {"clean": clean, "adversarial": adv}
+    return out
+
+
+def _predictivity_step(name: str) -> Step:
+    def path(run):
+        return run.out / "scores" / name
+
+    def load(run):
+        if not Path(f"{path(run)}-adv.safetensors").is_file() and run.tasks[name].adv is not None:
+            return None
+        if not path(run).with_suffix(".safetensors").is_file():
+            return None
+        adv = None
+        if run.tasks[name].adv is not None:
+            adv = NeuronScores.load(f"{path(run)}-adv", run.model)
+        return NeuronScores.load(path(run), run.model), adv
+
+    def compute(run):
+        ts, prompts = run.tasks[name], run.results[f"prompts/{name}"]
+        positions = study_positions(run.cfg, run.model, prompts[0].head)
+        binary = None if ts.task.num_labels == 2 else 0
+        clean = predictivity(run.model, prompts, ts.task, ts.evald, train=ts.train,
+                             positions=positions, one_vs_rest=binary)  # fmt: skip
+        adv = None
+        if ts.adv is not None:
+            adv = predictivity(run.model, prompts, ts.task, ts.adv, baselines=clean,
+                               positions=positions, one_vs_rest=binary)  # fmt: skip
+            adv.save(f"{path(run)}-adv")
+        clean.save(path(run))
+        return clean, adv
+
+    return Step(f"predictivity/{name}", (f"prompts/{name}",), _DATA + ("positions",), load,
+                compute, lambda run, v: {}, {"task": name})  # fmt: skip
+
+
+def _transfer(run) -> dict:
+    """Each task's prompt on every task of its label space (and the adversarial sets),
+    averaged over the seeds; relative to the target task's own prompt."""
+    targets = {}
+    for name, ts in run.tasks.items():
+        targets[name] = (ts.task, ts.evald)
+        if ts.adv is not None:
+            targets[ts.spec.adversarial] = (ts.task, ts.adv)
+    per_seed = [
+        transferability(run.model, {n: run.results[f"prompts/{n}"][i] for n in run.tasks}, targets)
+        for i in range(len(run.cfg.seeds))
+    ]
+
+    def mean(kind):
+        rows = {}
+        for src in per_seed[0].absolute:
+            cols = getattr(per_seed[0], kind)[src]
+            rows[src] = {
+                t: float(np.mean([getattr(p, kind)[src][t] for p in per_seed])) for t in cols
+            }
+        return rows
+
+    return Transferability(mean("absolute"), mean("relative"))
+
+
+def _specificity(run) -> TaskSpecificity:
+    maps = {}
+    for name, ts in run.tasks.items():
+        clean, adv = run.results[f"predictivity/{name}"]
+        maps[name] = clean
+        if adv is not None:
+            maps[ts.spec.adversarial] = adv
+    if len(maps) < 2:
+        raise ConfigError(
+            "task specificity needs two datasets: list two tasks, or an adversarial set"
+        )
+    return task_specificity(maps)
+
+
+def _suppression_step(name: str) -> Step:
+    def compute(run):
+        ts = run.tasks[name]
+        clean, _ = run.results[f"predictivity/{name}"]
+        cfg = run.cfg
+        return suppression_curve(
+            run.model, run.results[f"prompts/{name}"][0], ts.evald, clean, task=ts.task,
+            percents=cfg.suppression_percents, random_repeats=cfg.random_repeats,
+            per_layer=cfg.per_layer, ablation=cfg.ablation, train=ts.train,
+        )  # fmt: skip
+
+    inputs = _DATA + ("suppression_percents", "random_repeats", "per_layer", "ablation")
+    uses = (f"prompts/{name}", f"predictivity/{name}")
+    return _json_step(f"suppression/{name}", uses, inputs, compute,
+                      lambda raw: SuppressionCurve(**raw), {"task": name})  # fmt: skip
+
+
+def _cross_step(name: str) -> Step:
+    def compute(run):
+        ts = run.tasks[name]
+        clean, adv = run.results[f"predictivity/{name}"]
+        p = run.cfg.cross_percent
+        top = clean.top(percent=p, per_layer=True)
+        sets = {name: top, ts.spec.adversarial: adv.top(percent=p, per_layer=True),
+                "random": top.random_control(0)}  # fmt: skip
+        data = {name: ts.evald, ts.spec.adversarial: ts.adv}
+        return cross_suppression(run.model, run.results[f"prompts/{name}"][0], data, sets,
+                                 task=ts.task, ablation=run.cfg.ablation, train=ts.train)  # fmt: skip
+
+    uses = (f"prompts/{name}", f"predictivity/{name}")
+    return _json_step(f"cross/{name}", uses, _DATA + ("cross_percent", "ablation"), compute,
+                      lambda raw: CrossSuppression(**raw), {"task": name})  # fmt: skip
+
+
+def study_steps(run: MultiRun) -> list[Step]:
+    """The steps of one model, in order."""
+    names = list(run.tasks)
+    specs = {n: asdict(ts.spec) for n, ts in run.tasks.items()}
+    prompts = tuple(f"prompts/{n}" for n in names)
+    preds = tuple(f"predictivity/{n}" for n in names)
+    steps = [_prompt_steps(n) for n in names]
+    steps.append(_json_step("accuracy", prompts, _DATA, _accuracy, extra={"tasks": specs}))
+    steps += [_predictivity_step(n) for n in names]
+    steps.append(_json_step("transfer", prompts, _DATA, _transfer,
+                            lambda raw: Transferability(**raw), {"tasks": specs}))  # fmt: skip
+    steps.append(_json_step("specificity", preds, _DATA + ("positions",), _specificity,
+                            _load_specificity, {"tasks": specs}))  # fmt: skip
+    steps += [_suppression_step(n) for n in names]
+    steps += [_cross_step(n) for n in names if run.tasks[n].adv is not None]
+    return steps
+
+
+def _load_specificity(raw) -> TaskSpecificity:
+    arrays = {k: np.asarray(raw[k]) for k in ("rho", "per_layer_rho", "per_layer_p")}
+    return TaskSpecificity(raw["names"], layers=raw["layers"], **arrays)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def _model_summary(run: MultiRun) -> dict:
+    r = run.results
+    acc = {}
+    for name, v in r["accuracy"].items():
+        acc[name] = {k: None if s is None else {"mean": float(np.mean(s)), "std": float(np.std(s)),
+                                                "seeds": s} for k, s in v.items()}  # fmt: skip
+    preds, rho = {}, {}
+    for name in run.tasks:
+        clean, adv = r[f"predictivity/{name}"]
+        preds[name] = {"max": float(clean.flat().max()),
+                       "top1pct_per_layer_mean": _top_mean(clean)}  # fmt: skip
+        if adv is not None:
+            preds[run.tasks[name].spec.adversarial] = {"max": float(adv.flat().max()),
+                                                       "top1pct_per_layer_mean": _top_mean(adv)}  # fmt: skip
+            rho[name] = clean.spearman(adv).mean
+    spec = r["specificity"]
+    return {
+        "data": {n: ts.how for n, ts in run.tasks.items()},
+        "accuracy": acc,
+        "predictivity": preds,
+        "rho_clean_adversarial": rho,
+        "transfer": {"absolute": r["transfer"].absolute, "relative": r["transfer"].relative},
+        "specificity": {"names": spec.names, "rho": spec.rho.tolist(), "z": spec.zscore.tolist()},
+        "suppression": {n: r[f"suppression/{n}"].rows() for n in run.tasks},
+        "cross": {n: r[f"cross/{n}"].accuracy for n in run.tasks if run.tasks[n].adv is not None},
+    }
+
+
+def _top_mean(scores: NeuronScores) -> float:
+    top = scores.top(percent=1, per_layer=True)
+    vals = [scores[s][i] for s, i in top.indices.items() if len(i)]
+    return float(np.concatenate([v.numpy() for v in vals]).mean()) if vals else float("nan")
+
+
+def _sections(name: str, run: MultiRun, summary: dict) -> list:
+    r = run.results
+    acc_rows = []
+    for task, v in summary["accuracy"].items():
+        row = {"task": task}
+        for kind, s in v.items():
+            row[kind] = "" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+        acc_rows.append(row)
+    scores, model_acc = {}, {}
+    for task in run.tasks:
+        clean, adv = r[f"predictivity/{task}"]
+        scores[task] = clean
+        model_acc[task] = summary["accuracy"][task]["clean"]["mean"]
+        if adv is not None:
+            adv_name = run.tasks[task].spec.adversarial
+            scores[adv_name] = adv
+            model_acc[adv_name] = summary["accuracy"][task]["adversarial"]["mean"]
+    rho_rows = [{"task": t, "spearman clean vs adversarial": v}
+                for t, v in summary["rho_clean_adversarial"].items()]  # fmt: skip
+    sections = [
+        (f"{name}: accuracy (mean ± std over seeds)", acc_rows),
+        (f"{name}: predictivity and neuron accuracy", distributions(scores, model_acc).figure()),
+        (f"{name}: clean vs adversarial predictivity", rho_rows or "no adversarial set"),
+        (f"{name}: prompt transferability", r["transfer"].figure()),
+        (f"{name}: prompt transferability (relative)", r["transfer"].figure(relative=True)),
+        (f"{name}: task specificity (Spearman)", r["specificity"].figure()),
+        (f"{name}: task specificity (z-scored)", r["specificity"].figure(z=True)),
+    ]
+    sections += [(f"{name}: suppression on {t}", r[f"suppression/{t}"].figure()) for t in run.tasks]
+    sections += [(f"{name}: cross suppression {t}", r[f"cross/{t}"].figure())
+                 for t in run.tasks if run.tasks[t].adv is not None]  # fmt: skip
+    return sections
+
+
+def run_multitask_study(
+    cfg: MultiTaskConfig, out: str | Path, *, resume: bool = True, log=print
+) -> dict:
+    """Run (or resume) a multi-task study; returns the summary also written to
+    ``out/summary.json``; ``out/report.html`` shows every model's tables and figures."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    write_text_atomic(out / "config.json", json.dumps(_jsonable(cfg), indent=2))
+    splits = {spec.name: task_splits(cfg, spec) for spec in cfg.tasks}
+    summary: dict = {"models": {}, "tasks": [t.name for t in cfg.tasks]}
+    sections: list = []
+    for i, name in enumerate(cfg.models, start=1):
+        log(f"model {i} of {len(cfg.models)}: {name}")
+        model = load_study_model(name)
+        every = [split for ts in splits.values() for split in ts.splits()]
+        run = MultiRun(cfg, out / _slug(name), model, splits, log,
+                       identity={"model": model_id(model), "data": data_id(*every)})  # fmt: skip
+        steps_summary: dict = {}
+        run_steps(run, study_steps(run), steps_summary, resume=resume, log=log)
+        summary["models"][model.name] = {**_model_summary(run), "steps": steps_summary["steps"]}
+        sections += _sections(model.name, run, summary["models"][model.name])
+        sections.append((f"{model.name}: steps", steps_rows(steps_summary["steps"])))
+    sections.insert(0, ("accuracy by dataset and model", _overview(summary)))
+    title = f"neuronlens multi-task study: {', '.join(summary['models'])}"
+    write_page(out / "report.html", title, sections)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    log(f"report: {out / 'report.html'}")
+    return summary
+
+
+def _overview(summary: dict) -> list[dict]:
+    """Rows: dataset (clean and adversarial) x model, accuracy mean ± std."""
+    rows: dict[str, dict] = {}
+    for model, s in summary["models"].items():
+        for task, v in s["accuracy"].items():
+            for kind, stats in v.items():
+                if stats is None:
+                    continue
+                label = task if kind == "clean" else f"{task} (adversarial)"
+                rows.setdefault(label, {"dataset": label})[model] = (
+                    f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+                )
+    return list(rows.values())

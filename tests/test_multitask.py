@@ -1,0 +1,126 @@
+"""The robustness paper's multi-task study as one command, on two tiny tasks (one with an
+adversarial counterpart, one whose single split is divided into train and eval)."""
+
+import json
+
+import pytest
+
+from neuronlens.cli import main
+from neuronlens.study import ConfigError, MultiTaskConfig, load_config, run_multitask_study
+from neuronlens.tasks import Task, register_task
+
+from .probe_fixtures import word_task
+
+CONFIG = """
+models = ["tiny:bert"]
+seeds = [0, 1]
+train_size = 40
+eval_size = 20
+n_tokens = 3
+epochs = 1.0
+suppression_percents = [0, 10]
+random_repeats = 2
+cross_percent = 10
+
+[[tasks]]
+name = "mt_words"
+eval_split = "dev"
+adversarial = "mt_words_adv"
+
+[[tasks]]
+name = "mt_other"
+eval_split = "dev"
+train_split = "dev"
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tasks():
+    clean = word_task(n=60, name="mt_words")
+    register_task(clean, replace=True)
+    shifted = word_task(n=60, seed=5, name="mt_words_adv")  # the same label space
+    register_task(shifted, replace=True)
+    other = word_task(n=120, seed=9, name="mt_other")
+    single = Task.from_lists(
+        "mt_other", label_names=other.label_names, template=other.template,
+        verbalizer=other.verbalizer, label_space=other.label_space,
+        splits={"dev": (other.load("train").texts, other.load("train").labels)},
+    )  # fmt: skip
+    register_task(single, replace=True)
+
+
+def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
+    cfg_path = tmp_path / "multi.toml"
+    cfg_path.write_text(CONFIG)
+    cfg = load_config(cfg_path)
+    assert isinstance(cfg, MultiTaskConfig) and [t.name for t in cfg.tasks] == [
+        "mt_words",
+        "mt_other",
+    ]
+    out = tmp_path / "out"
+    assert main(["study", str(cfg_path), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    s = summary["models"]["tiny:bert"]
+    acc = s["accuracy"]
+    assert (
+        len(acc["mt_words"]["clean"]["seeds"]) == 2 and acc["mt_words"]["adversarial"] is not None
+    )
+    assert acc["mt_other"]["adversarial"] is None
+    assert s["data"]["mt_other"]["divided"] == "dev"  # one split, divided into train and eval
+    d = s["data"]["mt_other"]
+    assert d["n_eval"] == 20 and d["n_train"] + d["n_val"] + d["n_eval"] <= 120
+    assert "mt_words" in s["rho_clean_adversarial"]
+    assert set(s["transfer"]["absolute"]["mt_words"]) == {"mt_words", "mt_words_adv", "mt_other"}
+    assert s["specificity"]["names"] == ["mt_words", "mt_words_adv", "mt_other"]
+    assert [r["percent"] for r in s["suppression"]["mt_other"]] == [0, 10]
+    assert set(s["cross"]) == {"mt_words"}
+    assert set(s["cross"]["mt_words"]) == {"none", "mt_words", "mt_words_adv", "random"}
+    html = (out / "report.html").read_text()
+    assert html.count("Plotly.newPlot") >= 8 and "accuracy by dataset and model" in html
+    # resumed: every step reused, the same numbers
+    capsys.readouterr()
+    assert main(["study", str(cfg_path), "--out", str(out)]) == 0
+    again = json.loads((out / "summary.json").read_text())["models"]["tiny:bert"]
+    assert all(step["loaded"] for step in again["steps"].values())
+    assert again["accuracy"] == s["accuracy"] and again["suppression"] == s["suppression"]
+    # another percent list: only the suppression steps are recomputed
+    changed = run_multitask_study(
+        MultiTaskConfig(**{**_raw(cfg), "suppression_percents": [0, 5]}), out, log=lambda *_: None
+    )["models"]["tiny:bert"]["steps"]
+    assert [n for n, st in changed.items() if not st["loaded"]] == [
+        "suppression/mt_words",
+        "suppression/mt_other",
+    ]
+
+
+def _raw(cfg: MultiTaskConfig) -> dict:
+    from dataclasses import fields
+
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+@pytest.mark.parametrize(
+    "extra,field",
+    [
+        ('\n[[tasks]]\nname = "mt_words"\n', "distinct"),
+        ('\n[[tasks]]\nnam = "x"\n', "needs 'name'"),
+        ("\ncross_percent = 0\n", "cross_percent"),
+    ],
+)
+def test_bad_multitask_configs_name_the_field(tmp_path, extra, field):
+    path = tmp_path / "bad.toml"
+    path.write_text(CONFIG + extra)
+    with pytest.raises(ConfigError, match=field):
+        load_config(path)
+
+
+def test_an_adversarial_set_of_another_label_space_is_refused(tmp_path):
+    register_task(word_task(name="mt_words_ls"), replace=True)
+    other = word_task(name="mt_bad_adv")
+    other.label_space = "elsewhere"
+    register_task(other, replace=True)
+    cfg = MultiTaskConfig(
+        models=["tiny:bert"], tasks=[{"name": "mt_words_ls", "adversarial": "mt_bad_adv"}]
+    )
+    with pytest.raises(ConfigError, match="label space"):
+        run_multitask_study(cfg, tmp_path / "o", log=lambda *_: None)
