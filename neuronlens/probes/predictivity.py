@@ -153,7 +153,7 @@ def _labels(data, one_vs_rest: int | None, n_classes: int | None = None) -> torc
     labels = torch.as_tensor(list(data.labels), dtype=torch.long)
     if one_vs_rest is not None:
         names = getattr(data, "label_names", None) or ()
-        n = n_classes or len(names) or int(labels.max()) + 1
+        n = len(names) or n_classes or int(labels.max()) + 1  # the classes of the data
         if (
             isinstance(one_vs_rest, bool)
             or not isinstance(one_vs_rest, int)
