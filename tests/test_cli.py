@@ -99,13 +99,17 @@ def test_bad_config_names_the_field(tmp_path, capsys, text, field):
     assert field in capsys.readouterr().err
 
 
-def test_shipped_real_config_is_valid():
-    """The real-data study config in benchmarks/ stays in step with StudyConfig."""
+def test_shipped_real_configs_are_valid():
+    """The real-data study configs in benchmarks/ stay in step with the config classes."""
     from pathlib import Path
+
+    from neuronlens.study import MultiTaskConfig, load_config
 
     path = Path(__file__).parents[1] / "benchmarks" / "study_minilm_sst2.toml"
     cfg = StudyConfig.from_toml(path)
     assert (cfg.model, cfg.task, cfg.eval_split, cfg.eval_size) == ("minilm", "sst2", "dev", 872)
+    multi = load_config(path.with_name("study_multitask_minilm.toml"))
+    assert isinstance(multi, MultiTaskConfig) and len(multi.tasks) == 5
 
 
 def _phrase_task(train_has_phrases: bool) -> Task:
@@ -282,3 +286,22 @@ def test_study_reads_the_answer_where_the_config_says(tmp_path, capsys):
     assert PromptResult.load(out / "prompts" / "seed0", model).head.readout == "last"
     summary = json.loads((out / "summary.json").read_text())
     assert not any(s["loaded"] for s in summary["steps"].values())
+
+
+def test_validation_is_never_the_evaluation_split():
+    """GLUE tasks name their dev set both validation and dev: early stopping then takes
+    examples split off train, never the data the study evaluates on."""
+    from neuronlens.tasks import Split
+
+    base = word_task(n=80, name="val_is_dev")
+    dev = base.splits["dev"]
+    task = Task(
+        name="val_is_dev", label_names=base.label_names, template=base.template,
+        verbalizer=base.verbalizer, label_space=base.label_space,
+        splits={"train": base.splits["train"], "validation": dev, "dev": Split(data=dev.data)},
+    )  # fmt: skip
+    task.splits["dev"] = dev  # the same split object, as the built-in GLUE tasks have
+    cfg = StudyConfig(model="tiny:bert", task="val_is_dev", train_size=1000, eval_size=40)
+    train, val, how = study_data(cfg, task)
+    assert how == "split off train" and (len(val), len(train)) == (20, 60)  # 80 rows split
+    assert set(val.texts) <= set(task.load("train").texts)

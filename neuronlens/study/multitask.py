@@ -84,7 +84,7 @@ def task_splits(cfg: MultiTaskConfig, spec: TaskSpec) -> TaskSplits:
         train = rest.subset(cfg.train_size, seed=0)
         how = {"divided": spec.eval_split, "validation": "split off the same split"}
     else:
-        train, val, val_from = study_data(cfg, task)
+        train, val, val_from = study_data(cfg, task, spec.eval_split)
         evald = task.load(spec.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
         how = {"divided": None, "validation": val_from}
     adv = None

@@ -84,13 +84,15 @@ def load_study_model(name: str):
     return load_model(name)
 
 
-def study_data(cfg: StudyConfig, task) -> tuple:
+def study_data(cfg: StudyConfig, task, eval_split: str | None = None) -> tuple:
     """``(train, validation, how)``: the training subset and the early-stopping data.
 
     ``validation`` is ``False`` for none; ``how`` says where it came from (``"split"``,
-    ``"sentences"`` or ``"none"``, ``cfg.validation`` with ``"auto"`` resolved). With
-    ``"sentences"`` the validation sentences and their phrases are removed from the training
-    data before ``train_size`` examples are drawn.
+    ``"sentences"``, ``"split off train"`` or ``"none"``, ``cfg.validation`` with ``"auto"``
+    resolved). With ``"sentences"`` the validation sentences and their phrases are removed
+    from the training data before ``train_size`` examples are drawn. When the task's
+    validation split is the evaluation split itself (GLUE tasks whose dev set is both),
+    validation is split off train instead, so early stopping never sees the test data.
     """
     how = cfg.validation
     if how == "auto":
@@ -107,6 +109,11 @@ def study_data(cfg: StudyConfig, task) -> tuple:
     full = task.load("train", data_dir=cfg.data_dir)
     if how == "sentences":
         full, val = sentence_disjoint_split(full, n_val, seed=0)
+    elif how == "split" and task.splits["validation"] is task.splits.get(
+        eval_split or cfg.eval_split
+    ):
+        full, val = full.split_off(min(n_val, len(full) // 4), seed=0)
+        how = "split off train"
     elif how == "split":
         val = task.load("validation", data_dir=cfg.data_dir).subset(n_val, seed=0)
     elif how == "none":
