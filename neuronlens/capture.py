@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+import neuronlens.checks as checks
 from neuronlens.errors import (
     EmptyDataError,
     NeuronLensError,
@@ -416,6 +417,7 @@ def capture(
     cdata = as_capture_data(model, data, labels, max_length=max_length)
     chosen = model.select_sites(sites)
     positions = positions or AllTokens()
+    checks.instance("positions", positions, Positions, "a Positions object, e.g. LastToken()")
     n = len(cdata)
     n_batches = (n + batch_size - 1) // batch_size
     show = progress if progress is not None else n_batches >= 5

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import neuronlens.checks as checks
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
 from neuronlens.io import load_result, save_result
 from neuronlens.models.sites import Site
@@ -60,7 +61,7 @@ class NeuronSet:
 
     def random_control(self, seed: int = 0) -> NeuronSet:
         """Random neurons with the same count at every site (seeded, reproducible)."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(checks.integer("seed", seed))
         out = {}
         for name in sorted(self.indices):
             out[name] = torch.randperm(self.widths[name], generator=g)[: self.indices[name].numel()]
@@ -150,10 +151,10 @@ class NeuronScores:
         """
         if (k is None) == (percent is None):
             raise NeuronLensError("give exactly one of k= or percent=")
-        if percent is not None and not 0 <= percent <= 100:
-            raise NeuronLensError(f"percent must be within 0..100, got {percent}")
-        if k is not None and k < 0:
-            raise NeuronLensError(f"k must be >= 0, got {k}")
+        if percent is not None:
+            percent = checks.number("percent", percent, low=0, high=100)
+        if k is not None:
+            k = checks.integer("k", k, minimum=0)
 
         def count(n: int) -> int:
             return min(n, k) if k is not None else int(math.floor(n * percent / 100 + 1e-9))

@@ -331,7 +331,7 @@ def test_bad_inputs():
     task = word_task()
     with pytest.raises(NeuronLensError, match="single token"):
         Verbalizer(model, ("w10 w11", "w12"))
-    with pytest.raises(NeuronLensError, match="0 or more"):
+    with pytest.raises(NeuronLensError, match="n_tokens must be >= 0"):
         init_prompt(model, -1)
     with pytest.raises(NeuronLensError, match="nothing to train"):
         tune_prompt(model, task, head="verbalizer", n_tokens=0, max_steps=1, progress=False)

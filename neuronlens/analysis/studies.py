@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+import neuronlens.checks as checks
 from neuronlens.capture import CaptureData
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
 from neuronlens.interventions import (
@@ -253,8 +254,9 @@ def suppression_curve(
         >>> curve = suppression_curve(model, tuned, dev, skill, percents=(0, 1, 5))  # doctest: +SKIP
         >>> curve.to_markdown(); curve.figure().write_html("curve.html")  # doctest: +SKIP
     """
-    if random_repeats < 1:
-        raise NeuronLensError("random_repeats must be at least 1")
+    checks.integer("random_repeats", random_repeats, minimum=1)
+    if not percents:
+        raise NeuronLensError("percents is empty: give the levels to switch off, e.g. (1, 5, 10)")
     task = task or get_task(data.task)
     abl = _ablation(ablation, model, tuned, task, train)
     if positions is not None:
@@ -332,8 +334,8 @@ def cross_suppression(
 ) -> CrossSuppression:
     """Evaluate every dataset with every neuron set switched off (and with none);
     ``ablation`` as in :func:`suppression_curve`."""
-    if not datasets:
-        raise NeuronLensError("cross_suppression needs at least one dataset")
+    if not datasets or not neuron_sets:
+        raise NeuronLensError("cross_suppression needs at least one dataset and one neuron set")
     first = next(iter(datasets.values()))
     task = task or get_task(first.task)
     abl = _ablation(ablation, model, tuned, task, train)
@@ -546,6 +548,8 @@ def transferability(
     batch_size: int = 64,
 ) -> Transferability:
     """Accuracy of each prompt on each target ``(task, data)`` of the same label space."""
+    if not prompts or not targets:
+        raise NeuronLensError("transferability needs at least one prompt and one target")
     absolute: dict[str, dict[str, float]] = {}
     for src, pr in prompts.items():
         absolute[src] = {}

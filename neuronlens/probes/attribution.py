@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+import neuronlens.checks as checks
 from neuronlens.capture import AllTokens, CaptureData, SiteBatch
 from neuronlens.errors import EmptyDataError, NeuronLensError
 from neuronlens.models.families import ModelKind
@@ -187,8 +188,8 @@ def _prepare(model, tuned, data, n, seed, sites, include_prompt):
     sites the head reaches (a T5 linear head reads the encoder only)."""
     if len(data) == 0:
         raise EmptyDataError("attribution got an empty split")
-    if n is not None and n < 1:
-        raise NeuronLensError(f"n must be at least 1, got {n}")
+    if n is not None:
+        checks.integer("n", n, minimum=1)
     tuned.head.check_model(model)
     subset = data if n is None or n >= len(data) else data.subset(n, seed=seed)
     chosen = model.select_sites(sites)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+import neuronlens.checks as checks
 from neuronlens.capture import (
     AllTokens,
     CaptureData,
@@ -327,6 +328,7 @@ def predictivity(
         sites = [s for s in model.sites if s.stack == "encoder_blocks"]
     chosen = model.select_sites(sites)
     positions = positions or PromptAndAnswer()
+    checks.instance("positions", positions, Positions, "a Positions object, e.g. AnswerToken()")
     n_classes = getattr(task, "num_labels", None)
     x = _Inputs(task, dev, train, baselines, chosen, positions, _labels(dev, one_vs_rest, n_classes),
                 batch_size, max_length, progress)  # fmt: skip

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+import neuronlens.checks as checks
 from neuronlens.errors import NeuronLensError, ShapeMismatchError
 from neuronlens.interventions import as_interventions, intervene
 from neuronlens.io import load_result, save_result
@@ -27,8 +28,7 @@ def init_prompt(model: NeuronModel, n_tokens: int, *, seed: int = 0) -> Tensor:
     """``[n_tokens, d_model]`` initialised from the embeddings of random vocabulary tokens.
 
     ``n_tokens=0`` gives an empty prompt (the model sees the plain input)."""
-    if n_tokens < 0:
-        raise NeuronLensError(f"n_tokens must be 0 or more, got {n_tokens}")
+    checks.integer("n_tokens", n_tokens, minimum=0)
     special = set(model.tokenizer.all_special_ids)
     vocab = min(len(model.tokenizer), model.vocab_size)
     pool = torch.tensor([i for i in range(vocab) if i not in special])
@@ -227,6 +227,7 @@ def evaluate(
             "evaluate without a prompt needs head= (e.g. Verbalizer(model, words))"
         )
     head.check_model(model)
+    checks.integer("batch_size", batch_size, minimum=1)
     enc = encode_task(model, head, task, data, max_length=max_length)
     prompt = None if tuned is None or tuned.n_tokens == 0 else tuned.prompt
     n_prompt = 0 if prompt is None else prompt.shape[0]

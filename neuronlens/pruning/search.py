@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import neuronlens.checks as checks
 from neuronlens.errors import NeuronLensError
 from neuronlens.models.model import NeuronModel
 from neuronlens.neurons import NeuronScores
@@ -90,8 +91,9 @@ def _search(
     batch_size: int,
     progress: bool | None,
 ) -> SearchResult:
-    if not 0 < step <= 0.5:
+    if not 0 < checks.number("step", step) <= 0.5:
         raise NeuronLensError(f"step must be within (0, 0.5], got {step}")
+    checks.number("psi", psi, low=0)  # accuracy points the pruned model may lose
     base = evaluate(model, tuned, eval_data, task=task, batch_size=batch_size).accuracy
     n_steps = round(1 / step)
     lo, hi = 0, n_steps  # kept ratio = index * step; hi (everything kept) is always acceptable
