@@ -44,7 +44,7 @@ from neuronlens.errors import (
     ShapeMismatchError,
 )
 from neuronlens.models.families import ModelKind
-from neuronlens.models.layout import Layout, Placement
+from neuronlens.models.layout import Layout, Placement, mask_positions
 from neuronlens.models.model import Encoded, NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.progress import tqdm
@@ -131,17 +131,8 @@ class MaskToken(Positions):
     """The position of the tokenizer's mask token (exactly one per example)."""
 
     def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        if ctx.mask_token_id is None:
-            raise NeuronLensError("MaskToken(): this model's tokenizer has no mask token")
-        hits = ctx.input_ids == ctx.mask_token_id
-        counts = hits.sum(1)
-        if not bool((counts == 1).all()):
-            bad = int((counts != 1).nonzero()[0, 0])
-            raise NeuronLensError(
-                f"MaskToken(): example {bad} of the batch has {int(counts[bad])} mask tokens; "
-                "each example needs exactly one (check the template)"
-            )
-        idx = ctx.layout.full_position(hits.float().argmax(1, keepdim=True))
+        found = mask_positions(ctx.input_ids, ctx.mask_token_id).unsqueeze(1)
+        idx = ctx.layout.full_position(found)
         return idx, torch.ones_like(idx, dtype=torch.bool)
 
 

@@ -118,21 +118,24 @@ def make_layout(
     return Layout(full, input_ids, n_prompt, start, answer, after, causal)
 
 
+def mask_positions(input_ids: Tensor, mask_token_id: int | None) -> Tensor:
+    """``[B]`` the input position of each example's mask token (exactly one each)."""
+    if mask_token_id is None:
+        raise NeuronLensError("the answer is read at the mask token, but the tokenizer has none")
+    hits = input_ids == mask_token_id
+    counts = hits.sum(1)
+    if not bool((counts == 1).all()):
+        bad = int((counts != 1).nonzero()[0, 0])
+        raise NeuronLensError(
+            f"example {bad} of the batch has {int(counts[bad])} mask tokens; reading at the "
+            "mask token needs exactly one per input (check the template)"
+        )
+    return hits.float().argmax(1)
+
+
 def _answer(layout: Layout, placement: Placement, mask_token_id: int | None) -> Tensor:
     if placement.answer == "mask":
-        if mask_token_id is None:
-            raise NeuronLensError(
-                "the answer is read at the mask token, but the tokenizer has none"
-            )
-        hits = layout.input_ids == mask_token_id
-        counts = hits.sum(1)
-        if not bool((counts == 1).all()):
-            bad = int((counts != 1).nonzero()[0, 0])
-            raise NeuronLensError(
-                f"example {bad} of the batch has {int(counts[bad])} mask tokens; a head that "
-                "reads the answer at the mask needs exactly one per input (check the template)"
-            )
-        return layout.full_position(hits.float().argmax(1))
+        return layout.full_position(mask_positions(layout.input_ids, mask_token_id))
     if placement.answer == "prompt_last" and layout.n_prompt == 0:
         placement = Placement(placement.after_input, "last")  # no prompt: the input's last token
     if placement.answer in ("prompt_first", "prompt_last"):

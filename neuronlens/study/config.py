@@ -115,16 +115,13 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not valid TOML: {err}") from err
 
 
-@dataclass
-class StudyConfig:
-    """What a study runs on and with which settings (see the module docstring)."""
+@dataclass(kw_only=True)
+class _Settings:
+    """The fields every study config has (data, prompts, predictivity, suppression)."""
 
-    model: str
-    task: str
     data_dir: str | None = None
     train_size: int = 1000
     validation: str = "auto"
-    eval_split: str = "dev"
     eval_size: int = 400
     n_tokens: int = 20
     readout: str = "auto"
@@ -133,11 +130,24 @@ class StudyConfig:
     lr: float = TrainingSettings.lr
     head_lr: float = TrainingSettings.head_lr
     batch_size: int = TrainingSettings.batch_size
+    positions: str = "auto"
     suppression_percents: list[float] = field(default_factory=lambda: [0, 1, 5, 10])
     random_repeats: int = 2
     per_layer: bool = True
-    positions: str = "auto"
     ablation: str = "zero"
+
+    def training(self) -> TrainingSettings:
+        """The prompt-training settings of this study."""
+        return training_settings(self)
+
+
+@dataclass(kw_only=True)
+class StudyConfig(_Settings):
+    """What a study runs on and with which settings (see the module docstring)."""
+
+    model: str
+    task: str
+    eval_split: str = "dev"
     prune_keep: float = 0.5
     retrain_steps: int = 30
 
@@ -146,10 +156,6 @@ class StudyConfig:
         _check_fields(self)
         if not 0 < self.prune_keep <= 1:
             raise ConfigError(f"config field 'prune_keep' must be in (0, 1], got {self.prune_keep}")
-
-    def training(self) -> TrainingSettings:
-        """The prompt-training settings of this study."""
-        return training_settings(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> StudyConfig:
@@ -199,8 +205,8 @@ class TaskSpec:
                 raise ConfigError(f"task field {f.name!r} has {value!r}; expected a string")
 
 
-@dataclass
-class MultiTaskConfig:
+@dataclass(kw_only=True)
+class MultiTaskConfig(_Settings):
     """The robustness paper's study over several tasks and models (see
     :mod:`neuronlens.study.multitask`); fields as in :class:`StudyConfig`, plus ``models``,
     ``tasks`` (:class:`TaskSpec` tables) and ``cross_percent`` (the neurons switched off in
@@ -208,22 +214,8 @@ class MultiTaskConfig:
 
     models: list[str]
     tasks: list[TaskSpec]
-    data_dir: str | None = None
-    train_size: int = 1000
-    validation: str = "auto"
-    eval_size: int = 400
-    n_tokens: int = 20
-    readout: str = "auto"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: float = TrainingSettings.epochs
-    lr: float = TrainingSettings.lr
-    head_lr: float = TrainingSettings.head_lr
-    batch_size: int = TrainingSettings.batch_size
-    positions: str = "auto"
     suppression_percents: list[float] = field(default_factory=lambda: [1, 3, 5, 10, 15])
     random_repeats: int = 3
-    per_layer: bool = True
-    ablation: str = "zero"
     cross_percent: float = 5.0
 
     def __post_init__(self) -> None:
@@ -239,9 +231,6 @@ class MultiTaskConfig:
             raise ConfigError(
                 f"config field 'cross_percent' must be in (0, 100], got {self.cross_percent}"
             )
-
-    def training(self) -> TrainingSettings:
-        return training_settings(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> MultiTaskConfig:
