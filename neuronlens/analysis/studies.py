@@ -487,33 +487,19 @@ def adversarial_analysis(
     dev,
     adversarial_dev,
     *,
+    positions=None,
     one_vs_rest: int | None = None,
     top_percent: float = 1.0,
     batch_size: int = 32,
     progress: bool | None = None,
 ) -> AdversarialAnalysis:
     """Predictivity on ``dev`` (baselines from ``train``) and on ``adversarial_dev`` with the
-    same clean baselines; Spearman (per layer, averaged) between the two."""
-    clean = predictivity(
-        model,
-        prompts,
-        task,
-        dev,
-        train=train,
-        one_vs_rest=one_vs_rest,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    adv = predictivity(
-        model,
-        prompts,
-        task,
-        adversarial_dev,
-        baselines=clean,
-        one_vs_rest=one_vs_rest,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    same clean baselines, at ``positions`` (as :func:`~neuronlens.probes.predictivity`);
+    Spearman (per layer, averaged) between the two."""
+    kw = dict(positions=positions, one_vs_rest=one_vs_rest, batch_size=batch_size,
+              progress=progress)  # fmt: skip
+    clean = predictivity(model, prompts, task, dev, train=train, **kw)
+    adv = predictivity(model, prompts, task, adversarial_dev, baselines=clean, **kw)
     return AdversarialAnalysis(clean, adv, clean.spearman(adv).mean, top_percent)
 
 
