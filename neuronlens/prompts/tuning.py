@@ -150,14 +150,24 @@ class _Trainer:
     """One prompt-tuning run: the trainable prompt (after any fixed rows), the head, the
     optimizer, the moving average, and the best validated state."""
 
-    def __init__(self, model, head: Head, start: Tensor, settings: TrainingSettings, n_train):
+    def __init__(
+        self, model, head: Head, start: Tensor, settings: TrainingSettings, n_train,
+        weights: Sequence[torch.nn.Parameter] = (), weights_lr: float = 0.0,
+    ):  # fmt: skip
         self.model, self.head, self.s = model, head, settings
         self.fixed = head.fixed_rows(model).to(start)
         self.prompt = torch.nn.Parameter(start[len(self.fixed) :].clone())
+        self.weights = list(weights)  # the model's own weights, when fine-tuning
         groups = [{"params": [self.prompt], "lr": settings.lr}] if self.prompt.shape[0] else []
         head_params = [p for p in head.parameters() if p.requires_grad]
         if head_params:
             groups.append({"params": head_params, "lr": settings.head_lr})
+        if self.weights:
+            if settings.ema_decay is not None:
+                raise NeuronLensError(
+                    "ema_decay averages prompts and heads, not a fine-tuned model"
+                )
+            groups.append({"params": self.weights, "lr": weights_lr})
         if not groups:
             raise NeuronLensError(
                 "nothing to train: n_tokens=0 trains only a linear head (a frozen linear "
@@ -214,6 +224,7 @@ class _Trainer:
             self.best_state = (
                 self.avg_prompt.detach().clone(),
                 {k: v.clone() for k, v in self.avg_head.state_dict().items()},
+                [w.detach().clone() for w in self.weights],
             )
             return False
         self.bad += 1
@@ -253,7 +264,11 @@ class _Trainer:
         if keep is not None:
             with torch.no_grad():
                 self.prompt.copy_(keep[0])
+                for w, best in zip(self.weights, keep[2] if len(keep) > 2 else (), strict=False):
+                    w.copy_(best)
             self.head.load_state_dict(keep[1])
+        for w in self.weights:
+            w.requires_grad_(False)
         if not self.history:
             self.history.append(
                 {"step": self.total, "train_loss": self.recent_loss(), "val_accuracy": None}
@@ -333,11 +348,21 @@ def tune_prompt(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # linear-head initialisation
         hd = make_head(model, head, task, readout).to(model.device)
+    start = _start_prompt(model, hd, init, n_tokens, seed)
+    return run_training(model, task, hd, start, s, train, validation, seed=seed, progress=progress)
+
+
+def run_training(
+    model, task, hd: Head, start: Tensor, s: TrainingSettings, train, validation, *,
+    seed: int, progress: bool | None, weights=(), weights_lr: float = 0.0,
+) -> PromptResult:  # fmt: skip
+    """Train ``start`` (a prompt), ``hd`` and any model ``weights`` on ``train`` with early
+    stopping on ``validation``; the :class:`PromptResult` of the best validated state."""
     if hd.n_classes != task.num_labels:
         raise ShapeMismatchError(
             f"head has {hd.n_classes} classes, task {task.name!r} has {task.num_labels}"
         )
-    trainer = _Trainer(model, hd, _start_prompt(model, hd, init, n_tokens, seed), s, len(train))
+    trainer = _Trainer(model, hd, start, s, len(train), weights, weights_lr)
     enc_train = encode_task(model, hd, task, train, max_length=s.max_length)
     labels = torch.tensor(train.labels, device=model.device)
     enc_val = (
