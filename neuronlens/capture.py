@@ -46,6 +46,7 @@ from neuronlens.errors import (
 from neuronlens.models.families import ModelKind
 from neuronlens.models.layout import Layout, Placement, mask_positions
 from neuronlens.models.model import Encoded, NeuronModel
+from neuronlens.models.prefix import sequence_positions
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.progress import tqdm
 
@@ -412,7 +413,7 @@ def capture(
     n = len(cdata)
     n_batches = (n + batch_size - 1) // batch_size
     show = progress if progress is not None else n_batches >= 5
-    n_prompt = 0 if prompt is None else int(prompt.shape[0])
+    n_prompt = sequence_positions(prompt)
 
     bar = tqdm(total=n_batches, desc=f"capture {model.name}", disable=not show, leave=False)
     try:
@@ -701,7 +702,7 @@ def collect_activations(
 def _token_strings(
     model, enc: Encoded, prompt, positions: Positions, placement: Placement | None = None
 ) -> list[list[str]]:
-    n_prompt = 0 if prompt is None else int(prompt.shape[0])
+    n_prompt = sequence_positions(prompt)
     out = []
     for i in range(len(enc)):
         row = enc[i : i + 1]

@@ -19,6 +19,7 @@ from neuronlens.errors import (
 )
 from neuronlens.models.families import Family, ModelKind
 from neuronlens.models.layout import Layout, Placement, make_layout, place_prompt
+from neuronlens.models.prefix import T5_REASON, Prefix, input_positions, prefix_cache
 from neuronlens.models.sites import Site, SiteSpec, resolve_site, resolve_sites
 
 
@@ -263,6 +264,9 @@ class NeuronModel:
     ) -> tuple[Tensor, Tensor, Tensor | None, Layout]:
         """``(inputs_embeds, attention_mask, token_type_ids, layout)`` with the prompt placed."""
         emb = self.input_embeddings(batch.input_ids)
+        if isinstance(prompt, Prefix):  # keys and values only: the sequence is the input's
+            layout = self.layout(batch, 0, placement)
+            return emb, layout.attention_mask, batch.token_type_ids, layout
         if prompt is not None and prompt.dim() == 2 and prompt.shape[0] == 0:
             prompt = None  # an empty prompt (a head trained alone) adds nothing
         if prompt is not None and (prompt.dim() != 2 or prompt.shape[1] != self.d_model):
@@ -297,6 +301,13 @@ class NeuronModel:
         """
         if len(batch) == 0:
             raise EmptyDataError("empty batch: there is nothing to run")
+        if isinstance(prompt, Prefix):
+            if self.family.kind is ModelKind.ENCODER_DECODER:
+                raise NeuronLensError(f"{self.name}: {T5_REASON}")
+            raise NeuronLensError(
+                "a prefix runs through the base model (hidden_states, as the heads read it), "
+                "not the full forward"
+            )
         kwargs = {}
         if batch.decoder_input_ids is not None:
             kwargs["decoder_input_ids"] = batch.decoder_input_ids
@@ -339,6 +350,8 @@ class NeuronModel:
         kwargs = {"inputs_embeds": emb, "attention_mask": mask}
         if types is not None:
             kwargs["token_type_ids"] = types
+        if isinstance(prompt, Prefix):
+            kwargs.update(self._prefix_kwargs(prompt, mask))
         base = self.hf_model.base_model
         if self.family.kind is ModelKind.ENCODER_DECODER:
             base = self.hf_model.get_encoder()
@@ -346,6 +359,24 @@ class NeuronModel:
             out = base(**kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden, layout
+
+    def _prefix_kwargs(self, prefix: Prefix, mask: Tensor) -> dict:
+        """The base model's extra arguments for a prefix: its keys and values as a cache,
+        the attention mask extended over them, and the input's own positions."""
+        if self.family.kind is ModelKind.ENCODER_DECODER:
+            raise NeuronLensError(f"{self.name}: {T5_REASON}")
+        config = self.hf_model.config
+        b, p = mask.shape[0], prefix.n_tokens
+        cache = prefix_cache(prefix.to(self.device, self.dtype), config, b)
+        return {
+            "past_key_values": cache,
+            # transformers 5 hands the cache to attention as `cache=`, which the bridge's own
+            # attention code (GPT-2, Llama) does not read; it reads `layer_past`, passed down
+            # to every attention layer with the other keyword arguments: the same cache
+            "layer_past": cache,
+            "attention_mask": torch.cat([mask.new_ones(b, p), mask], 1),
+            "position_ids": input_positions(mask, self.family.name, config),
+        }
 
     def lm_logits(self, hidden: Tensor) -> Tensor:
         """Apply the LM head to hidden states ``[..., d_model]`` (masked and causal LMs)."""

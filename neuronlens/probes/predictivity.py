@@ -226,7 +226,7 @@ class _Inputs:
 
 def _one_prompt(model: NeuronModel, k: int, pr: PromptResult, x: _Inputs):
     """``(pred, signed acc, per-position pred, baselines)`` of prompt ``k``, per site."""
-    if pr.d_model != model.d_model:
+    if pr.d_model is not None and pr.d_model != model.d_model:
         raise ShapeMismatchError(f"prompt {k} has width {pr.d_model}, the model {model.d_model}")
     pr.head.check_model(model)
 

@@ -18,6 +18,7 @@ from neuronlens.errors import NeuronLensError, ShapeMismatchError
 from neuronlens.interventions import as_interventions, intervene
 from neuronlens.io import load_result, save_result
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.prefix import Prefix, attention_dims, sequence_positions
 from neuronlens.prompts.heads import Head, LinearHead, Verbalizer, class_logits, encode_task
 from neuronlens.tasks import get_task
 
@@ -39,13 +40,15 @@ def init_prompt(model: NeuronModel, n_tokens: int, *, seed: int = 0) -> Tensor:
 
 @dataclass
 class PromptResult:
-    """A tuned soft prompt with its head and what it was tuned on.
+    """A tuned soft prompt (or prefix) with its head and what it was tuned on.
 
-    ``head`` is a :class:`Verbalizer` or :class:`LinearHead`; ``history`` holds one entry per
-    validation: ``{"step", "train_loss", "val_accuracy"}``.
+    ``prompt`` is a ``[p, d_model]`` soft prompt, or a :class:`~neuronlens.models.prefix.Prefix`
+    (prefix tuning); ``method`` says how it was trained (``"prompt"``, ``"p-tuning"``,
+    ``"prefix"``). ``head`` is a :class:`Verbalizer` or :class:`LinearHead`; ``history`` holds
+    one entry per validation: ``{"step", "train_loss", "val_accuracy"}``.
     """
 
-    prompt: Tensor
+    prompt: Tensor | Prefix
     head: Head
     task: str
     label_space: str
@@ -56,14 +59,20 @@ class PromptResult:
     val_accuracy: float | None = None
     history: list[dict] = field(default_factory=list)
     train_size: int = 0
+    method: str = "prompt"
+
+    @property
+    def is_prefix(self) -> bool:
+        return isinstance(self.prompt, Prefix)
 
     @property
     def n_tokens(self) -> int:
-        return int(self.prompt.shape[0])
+        return self.prompt.n_tokens if self.is_prefix else int(self.prompt.shape[0])
 
     @property
-    def d_model(self) -> int:
-        return int(self.prompt.shape[1])
+    def d_model(self) -> int | None:
+        """The soft prompt's width (``None`` for a prefix, which lives in attention space)."""
+        return None if self.is_prefix else int(self.prompt.shape[1])
 
     def metadata(self) -> dict:
         return {
@@ -82,11 +91,13 @@ class PromptResult:
             "val_accuracy": self.val_accuracy,
             "train_size": self.train_size,
             "history": self.history,
+            "method": self.method,
+            "prefix_shape": list(self.prompt.kv.shape) if self.is_prefix else None,
         }
 
     def save(self, path: str | os.PathLike) -> str:
         """Write ``path.safetensors`` (prompt, linear head) and ``path.json`` (metadata)."""
-        tensors = {"prompt": self.prompt}
+        tensors = {"prefix": self.prompt.kv} if self.is_prefix else {"prompt": self.prompt}
         if isinstance(self.head, LinearHead):
             tensors["head.weight"] = self.head.linear.weight
             tensors["head.bias"] = self.head.linear.bias
@@ -114,7 +125,9 @@ class PromptResult:
                 "load it into the model it was tuned on (a pruned model keeps its source's "
                 "name), or pass other_model=True if you mean to try it elsewhere"
             )
-        if meta["hidden_size"] != model.d_model:
+        if meta.get("method") == "prefix":
+            _check_prefix(path, tensors["prefix"], meta, model)
+        elif meta["hidden_size"] != model.d_model:
             raise ShapeMismatchError(
                 f"{path}: the prompt was tuned for hidden size {meta['hidden_size']} "
                 f"({meta['model']}), but {model.name} has {model.d_model}"
@@ -141,8 +154,11 @@ class PromptResult:
         else:
             head = Verbalizer(model, meta["verbalizer"], readout=saved)
         head.requires_grad_(False)
+        prompt = (Prefix(tensors["prefix"]) if "prefix" in tensors else tensors["prompt"]).to(
+            model.device, model.dtype
+        )
         return cls(
-            prompt=tensors["prompt"].to(model.device, model.dtype),
+            prompt=prompt,
             head=head.to(model.device),
             task=meta["task"],
             label_space=meta["label_space"],
@@ -153,6 +169,16 @@ class PromptResult:
             val_accuracy=meta["val_accuracy"],
             history=meta["history"],
             train_size=meta.get("train_size", 0),
+            method=meta.get("method", "prompt"),
+        )
+
+
+def _check_prefix(path, kv: Tensor, meta: dict, model: NeuronModel) -> None:
+    layers, kv_heads, head_dim = attention_dims(model.hf_model.config)
+    if kv.dim() != 4 or kv.shape[:2] != (layers, 2) or kv.shape[3] != kv_heads * head_dim:
+        raise ShapeMismatchError(
+            f"{path}: the prefix is {list(kv.shape)} (layers, key / value, positions, width), "
+            f"but {model.name} needs [{layers}, 2, p, {kv_heads * head_dim}]"
         )
 
 
@@ -230,7 +256,7 @@ def evaluate(
     checks.integer("batch_size", batch_size, minimum=1)
     enc = encode_task(model, head, task, data, max_length=max_length)
     prompt = None if tuned is None or tuned.n_tokens == 0 else tuned.prompt
-    n_prompt = 0 if prompt is None else prompt.shape[0]
+    n_prompt = sequence_positions(prompt)
     with intervene(model, *as_interventions(interventions), n_prompt=n_prompt):
         logits = class_logits(model, head, prompt, enc, batch_size=batch_size)
     pred = logits.argmax(-1).cpu()

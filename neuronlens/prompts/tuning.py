@@ -21,10 +21,13 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+import neuronlens.checks as checks
 from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchError
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.prefix import T5_REASON, Prefix, prefix_cache
 from neuronlens.progress import tqdm
 from neuronlens.prompts.heads import Head, class_logits, encode_task, make_head
+from neuronlens.prompts.reparam import PrefixEncoder, PromptEncoder, encoder_params
 from neuronlens.prompts.results import DEFAULT_TOKENS, PromptResult, init_prompt
 from neuronlens.tasks import get_task
 
@@ -152,11 +155,12 @@ class _Trainer:
 
     def __init__(
         self, model, head: Head, start: Tensor, settings: TrainingSettings, n_train,
-        weights: Sequence[torch.nn.Parameter] = (), weights_lr: float = 0.0,
+        weights: Sequence[torch.nn.Parameter] = (), weights_lr: float = 0.0, make=None,
     ):  # fmt: skip
         self.model, self.head, self.s = model, head, settings
-        self.fixed = head.fixed_rows(model).to(start)
+        self.fixed = head.fixed_rows(model).to(start) if make is None else start[:0]
         self.prompt = torch.nn.Parameter(start[len(self.fixed) :].clone())
+        self.make = make  # trainable tensor -> what the model sees (a reparameterisation)
         self.weights = list(weights)  # the model's own weights, when fine-tuning
         groups = [{"params": [self.prompt], "lr": settings.lr}] if self.prompt.shape[0] else []
         head_params = [p for p in head.parameters() if p.requires_grad]
@@ -165,7 +169,8 @@ class _Trainer:
         if self.weights:
             if settings.ema_decay is not None:
                 raise NeuronLensError(
-                    "ema_decay averages prompts and heads, not a fine-tuned model"
+                    "ema_decay averages soft prompts and heads, not a fine-tuned model or a "
+                    "reparameterisation (prefix tuning, P-tuning)"
                 )
             groups.append({"params": self.weights, "lr": weights_lr})
         if not groups:
@@ -189,8 +194,11 @@ class _Trainer:
         self.avg_head = copy.deepcopy(head) if ema else head
         self.best_acc, self.best_state, self.bad, self.history, self.losses = -1.0, None, 0, [], []
 
-    def whole(self, trainable: Tensor) -> Tensor:
-        """The prompt the model sees: the fixed rows, then the trained ones."""
+    def whole(self, trainable: Tensor):
+        """The prompt the model sees: the fixed rows, then the trained ones (or the
+        reparameterisation's output)."""
+        if self.make is not None:
+            return self.make(trainable)
         return torch.cat([self.fixed, trainable]) if len(self.fixed) else trainable
 
     def step(self, step: int, enc, labels) -> None:
@@ -275,7 +283,8 @@ class _Trainer:
             )
         self.head.requires_grad_(False)
         best = None if self.best_state is None else self.best_acc
-        return self.whole(self.prompt.detach()), best
+        with torch.no_grad():
+            return self.whole(self.prompt.detach()), best
 
 
 def _start_prompt(model, hd: Head, init, n_tokens: int, seed: int) -> Tensor:
@@ -307,7 +316,9 @@ def tune_prompt(
     head: str | Head = "auto",
     readout: str = "auto",
     n_tokens: int = DEFAULT_TOKENS,
-    init: Tensor | None = None,
+    init: Tensor | Prefix | None = None,
+    method: str = "prompt",
+    encoder_hidden: int | None = None,
     seed: int = 0,
     settings: TrainingSettings | None = None,
     data_dir=None,
@@ -343,18 +354,77 @@ def tune_prompt(
         >>> tuned = tune_prompt(model, task, n_tokens=20, epochs=2, seed=0)  # doctest: +SKIP
         >>> tuned.head.readout, tuned.val_accuracy                          # doctest: +SKIP
     """
+    if method not in METHODS:
+        raise NeuronLensError(f"method must be one of {METHODS}, got {method!r}")
     s = TrainingSettings.of(settings, **training)
     task, train, validation = training_splits(task, train, validation, data_dir, s.val_limit)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # linear-head initialisation
-        hd = make_head(model, head, task, readout).to(model.device)
-    start = _start_prompt(model, hd, init, n_tokens, seed)
-    return run_training(model, task, hd, start, s, train, validation, seed=seed, progress=progress)
+        torch.manual_seed(seed)  # head and encoder initialisation
+        hd = make_head(model, head, task, _readout(method, model, head, readout)).to(model.device)
+        if method == "prefix":
+            start, make, weights = _prefix_setup(model, init, n_tokens, seed, encoder_hidden)
+        else:
+            start = _start_prompt(model, hd, init, n_tokens, seed)
+            make, weights = None, ()
+            if method == "p-tuning":
+                make, weights = _p_tuning_setup(model, hd, start, encoder_hidden)
+                start = start[len(hd.fixed_rows(model)) :]
+    return run_training(model, task, hd, start, s, train, validation, seed=seed, progress=progress,
+                        weights=weights, weights_lr=s.lr, make=make, method=method)  # fmt: skip
+
+
+METHODS = ("prompt", "p-tuning", "prefix")
+#: readouts that need no soft-prompt position, for a prefix (keys and values only)
+_NO_PROMPT = {"masked_lm": "mask", "causal_lm": "last", "encoder": "pool"}
+
+
+def _readout(method: str, model, head, readout: str) -> str:
+    if method != "prefix":
+        return readout
+    if readout == "prompt":
+        raise NeuronLensError(
+            "a prefix adds keys and values, no sequence positions, so there is no soft-prompt "
+            "position to read the answer at: use readout='mask', 'last' or 'pool'"
+        )
+    if readout == "auto" and not isinstance(head, Head):
+        kind = "encoder" if head == "linear" else model.kind.value
+        return _NO_PROMPT.get(kind, readout)
+    return readout
+
+
+def _prefix_setup(model, init, n_tokens: int, seed: int, hidden: int | None):
+    """``(trainable start, make, weights)``: from scratch, embeddings through a
+    :class:`PrefixEncoder`; from a given prefix (re-training), the prefix itself."""
+    if model.kind.value == "encoder_decoder":
+        raise NeuronLensError(f"{model.name}: {T5_REASON}")
+    if isinstance(init, Prefix):
+        prefix_cache(init, model.hf_model.config, 1)  # checks its shape against the model
+        return init.kv.detach().clone().to(model.device, model.dtype), Prefix, ()
+    if init is not None:
+        raise NeuronLensError("init for prefix tuning is a Prefix (e.g. a tuned result's prompt)")
+    checks.integer("n_tokens", n_tokens, minimum=1)
+    encoder = PrefixEncoder(model.d_model, model.hf_model.config, hidden or 512)
+    start = init_prompt(model, n_tokens, seed=seed)
+    return start, encoder, encoder_params(encoder, model.dtype, model.device)
+
+
+def _p_tuning_setup(model, hd: Head, start: Tensor, hidden: int | None):
+    """``(make, weights)``: the trained rows through a :class:`PromptEncoder`, after the
+    head's fixed rows."""
+    fixed = hd.fixed_rows(model).to(start)
+    encoder = PromptEncoder(model.d_model, hidden)
+    weights = encoder_params(encoder, model.dtype, model.device)
+
+    def make(trainable: Tensor) -> Tensor:
+        return torch.cat([fixed, encoder(trainable)]) if len(fixed) else encoder(trainable)
+
+    return make, weights
 
 
 def run_training(
     model, task, hd: Head, start: Tensor, s: TrainingSettings, train, validation, *,
-    seed: int, progress: bool | None, weights=(), weights_lr: float = 0.0,
+    seed: int, progress: bool | None, weights=(), weights_lr: float = 0.0, make=None,
+    method: str = "prompt",
 ) -> PromptResult:  # fmt: skip
     """Train ``start`` (a prompt), ``hd`` and any model ``weights`` on ``train`` with early
     stopping on ``validation``; the :class:`PromptResult` of the best validated state."""
@@ -362,7 +432,7 @@ def run_training(
         raise ShapeMismatchError(
             f"head has {hd.n_classes} classes, task {task.name!r} has {task.num_labels}"
         )
-    trainer = _Trainer(model, hd, start, s, len(train), weights, weights_lr)
+    trainer = _Trainer(model, hd, start, s, len(train), weights, weights_lr, make)
     enc_train = encode_task(model, hd, task, train, max_length=s.max_length)
     labels = torch.tensor(train.labels, device=model.device)
     enc_val = (
@@ -386,6 +456,7 @@ def run_training(
         val_accuracy=best,
         history=trainer.history,
         train_size=len(train),
+        method=method,
     )
 
 

@@ -152,6 +152,7 @@ def retrain_prompt(
         head=head,
         init=tuned.prompt,
         n_tokens=tuned.n_tokens,
+        method="prefix" if tuned.is_prefix else "prompt",  # a P-tuned prompt is a prompt now
         seed=tuned.seed,
         progress=False,
         **kwargs,
