@@ -344,7 +344,17 @@ def tune_prompt(
             it, and every later call reads the answer there.
         n_tokens: prompt length ``p`` (100 in the robustness paper, 20 for SKELETON / SKIP);
             0 with a linear head trains the head alone.
-        init: start from this prompt (``[p, d_model]``), e.g. to re-train after pruning.
+        init: start from this prompt (``[p, d_model]``, or a prefix), e.g. to re-train
+            after pruning.
+        method: ``"prompt"`` (prompt tuning), ``"p-tuning"`` (Liu et al. 2021: the prompt
+            is the output of a BiLSTM + MLP encoder during training, an ordinary soft prompt
+            after it) or ``"prefix"`` (Li & Liang 2021: ``n_tokens`` extra keys and values in
+            every attention layer, trained through an MLP of width ``encoder_hidden``, 512 by
+            default; BERT, RoBERTa, GPT-2, Llama). A prefix adds no sequence positions, so
+            its answer is read at the mask, the last token or the pooled input, and
+            predictivity reads there (:class:`~neuronlens.capture.AnswerToken`,
+            :class:`~neuronlens.capture.Pooled`).
+        encoder_hidden: the reparameterisation's width (P-tuning, prefix tuning).
         seed: initialisation and batch order (same seed, same prompt, bit for bit, at the
             same thread count).
         settings, training: a :class:`TrainingSettings`, and any of its fields as keywords
