@@ -224,7 +224,7 @@ def skip_search(
     eval_data,
     method: str = "attribution",
     n_examples: int = 20,
-    psi: float = 1.0,
+    psi: float = 0.2,
     step: float = 0.01,
     eval_fraction: float = 0.08,
     scores: NeuronScores | None = None,
@@ -232,8 +232,9 @@ def skip_search(
     batch_size: int = 64,
     progress: bool | None = None,
 ) -> SearchResult:
-    """SKIP: prune a converged prompt without re-training, 1 % steps, on a small subset
-    (``eval_fraction`` < 10 %) of ``eval_data``."""
+    """SKIP: prune a converged prompt (or prefix) without re-training, 1 % steps, on a small
+    subset (``eval_fraction`` < 10 %) of ``eval_data``, within ``psi`` points (0.2 in the
+    paper)."""
     if not 0 < eval_fraction < 0.1:
         raise NeuronLensError(
             f"SKIP searches on a subset under 10 % of the eval set, got {eval_fraction}"
