@@ -263,7 +263,9 @@ def report(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["minilm", "smollm2"], required=True)
+    ap.add_argument(
+        "--model", choices=["minilm", "smollm2"], default=None, help="required unless --report"
+    )
     ap.add_argument("--readouts", nargs="+", default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument(
@@ -291,6 +293,8 @@ def main() -> None:
     if args.report:
         report(out)
         return
+    if args.model is None:
+        ap.error("--model is required (unless --report)")
     args.readouts = args.readouts or (
         ["prompt", "pool"] if args.model == "minilm" else ["prompt", "last"]
     )

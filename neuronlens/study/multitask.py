@@ -227,12 +227,13 @@ def _transfer(run) -> dict:
     ]
 
     def mean(kind):
+        """Per source and target, the mean over the seeds that have the entry (a relative
+        entry is missing where the target's own prompt scored 0)."""
         rows = {}
         for src in per_seed[0].absolute:
-            cols = getattr(per_seed[0], kind)[src]
-            rows[src] = {
-                t: float(np.mean([getattr(p, kind)[src][t] for p in per_seed])) for t in cols
-            }
+            have = [getattr(p, kind).get(src, {}) for p in per_seed]
+            cols = sorted({t for row in have for t in row})
+            rows[src] = {t: float(np.mean([row[t] for row in have if t in row])) for t in cols}
         return rows
 
     return Transferability(mean("absolute"), mean("relative"))
