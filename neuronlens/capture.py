@@ -238,7 +238,8 @@ class SiteBatch:
 
     Attributes:
         site: the neuron site.
-        acts: ``[B, n, width]`` activations at the selected positions (detached).
+        acts: ``[B, n, width]`` activations at the selected positions (detached);
+            ``[B, n, width * site.group]`` at a site of whole attention heads.
         valid: ``[B, n]`` bool, False at padding (and excluded prompt positions).
         grads: ``[B, n, width]`` gradients of the objective w.r.t. ``acts`` (``grads=True``).
         batch: the batch (indices, inputs, labels).
@@ -485,6 +486,12 @@ def _gather(acts: Tensor, idx: Tensor | None) -> Tensor:
     return acts.gather(1, idx.unsqueeze(-1).expand(-1, -1, acts.shape[-1]))
 
 
+def flat_heads(acts: Tensor) -> Tensor:
+    """``[B, L, heads, head_dim]`` (the attention output projection's input, as the bridge
+    hooks it) as ``[B, L, heads * head_dim]``; other activations unchanged."""
+    return acts.flatten(-2) if acts.dim() == 4 else acts
+
+
 def _check(site: Site, t: Tensor, what: str) -> None:
     # A sum is NaN/inf whenever an element is; only then run the exact (slower) test,
     # which also rules out a sum of finite values that merely overflowed.
@@ -513,16 +520,20 @@ def _run_batch(
     positions = selector.positions
 
     def make_hook(site: Site):
-        def hook(acts: Tensor, hook=None) -> None:
-            if acts.shape[-1] != site.width:
+        def hook(acts: Tensor, hook=None) -> Tensor | None:
+            shape = acts.shape
+            acts = flat_heads(acts)
+            if acts.shape[-1] != site.hooked_width:
                 raise ShapeMismatchError(
-                    f"site {site.name} produced {acts.shape[-1]} neurons, expected {site.width}"
+                    f"site {site.name} produced {acts.shape[-1]} values, expected "
+                    f"{site.hooked_width}"
                 )
             fired.add(site.name)
             selection = selector(site)
             if grads:
+                # the hook's output replaces the module's value: gradients reach this view
                 live[site.name] = (acts, selection)
-                return None
+                return acts.unflatten(-1, shape[-2:]) if len(shape) == 4 else acts
             sel, valid, idx = _select(acts, selection, positions)
             if check_finite:
                 _check(site, sel, "activations")

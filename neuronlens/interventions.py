@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from neuronlens.capture import SiteBatch, capture
-from neuronlens.errors import NeuronLensError, ShapeMismatchError
+from neuronlens.capture import SiteBatch, capture, flat_heads
+from neuronlens.errors import NeuronLensError, ShapeMismatchError, SiteError
 from neuronlens.models.layout import Layout, make_layout
 from neuronlens.models.model import NeuronModel
 from neuronlens.neurons import NeuronSet
@@ -166,6 +166,37 @@ def _where(positions: str, layout: Layout | None, acts: Tensor) -> Tensor:
     return in_prompt if positions == "prompt" else ~in_prompt
 
 
+def _site(model: NeuronModel, iv: Intervention, name: str):
+    """The model's site ``name``, checked against the intervention's neuron set."""
+    try:
+        site = model.site(name)
+    except SiteError:
+        raise NeuronLensError(
+            f"intervention on site {name!r}, which {model.name} does not have"
+        ) from None
+    if site.width != iv.neurons.widths[name]:
+        raise ShapeMismatchError(
+            f"neuron set for {name} has width {iv.neurons.widths[name]}, the site {site.width}"
+        )
+    if site.group > 1 and (
+        isinstance(iv, Replace) or (isinstance(iv, Noise) and iv.scale is not None)
+    ):
+        raise NeuronLensError(
+            f"{type(iv).__name__} with per-unit values cannot act on whole heads ({name}): "
+            "use Zero, Retain or Noise with an absolute std, or the attn_out features"
+        )
+    return site
+
+
+def _apply_grouped(iv, name, acts, where, layout, group):
+    """``iv`` on a site of whole heads: ``[B, L, heads * group]`` seen as ``[B, L * group,
+    heads]``, so a head's every value follows its unit's fate."""
+    length = acts.shape[1]
+    view = acts.unflatten(-1, (-1, group)).transpose(-1, -2).flatten(1, 2)
+    out = iv.apply(name, view, where.repeat_interleave(group, dim=1), layout)
+    return out.unflatten(1, (length, group)).transpose(-1, -2).flatten(-2)
+
+
 def _batch_layout(model: NeuronModel, acts: Tensor, n_prompt: int | None) -> Layout:
     """The running forward's layout, checked against ``n_prompt`` when that was given."""
     layout = model.active_layout
@@ -203,26 +234,21 @@ def intervene(
         isinstance(n_prompt, bool) or not isinstance(n_prompt, int) or n_prompt < 0
     ):
         raise NeuronLensError(f"n_prompt must be a prompt length >= 0 (or None), got {n_prompt!r}")
-    by_name = {s.name: s for s in model.sites}
     hooks = []
     for iv in interventions:
         if not isinstance(iv, Intervention):
             raise NeuronLensError(f"not an intervention: {iv!r}")
         for name in iv.sites():
-            site = by_name.get(name)
-            if site is None:
-                raise NeuronLensError(
-                    f"intervention on site {name!r}, which {model.name} does not have"
-                )
-            if site.width != iv.neurons.widths[name]:
-                raise ShapeMismatchError(
-                    f"neuron set for {name} has width {iv.neurons.widths[name]}, the site {site.width}"
-                )
+            site = _site(model, iv, name)
             decoder = site.stack == "decoder_blocks"
 
-            def hook(acts, hook=None, iv=iv, name=name, decoder=decoder):
+            def hook(acts, hook=None, iv=iv, name=name, decoder=decoder, group=site.group):
+                shape, acts = acts.shape, flat_heads(acts)
                 layout = None if decoder else _batch_layout(model, acts, n_prompt)
-                return iv.apply(name, acts, _where(iv.positions, layout, acts), layout)
+                where = _where(iv.positions, layout, acts)
+                if group == 1:
+                    return iv.apply(name, acts, where, layout).reshape(shape)
+                return _apply_grouped(iv, name, acts, where, layout, group).reshape(shape)
 
             hooks.append((site.hook_name, hook))
         if isinstance(iv, Noise):

@@ -225,7 +225,7 @@ class NeuronScores:
             "method": self.method,
             "model": self.model,
             "task": self.task,
-            "sites": [[s.stack, s.layer, s.hook_name, s.width] for s in self.sites],
+            "sites": [_site_row(s) for s in self.sites],
             "meta": self.meta,
         }
         return str(save_result(path, tensors, meta, kind="neuron_scores"))
@@ -234,9 +234,11 @@ class NeuronScores:
     def load(cls, path: str | os.PathLike, model=None) -> NeuronScores:
         """Load saved scores; with ``model``, check that its sites and widths match."""
         tensors, meta = load_result(path, kind="neuron_scores")
-        sites = [Site(stack, layer, hook, width) for stack, layer, hook, width in meta["sites"]]
+        sites = [Site(*row) for row in meta["sites"]]  # FFN rows: stack, layer, hook, width
         if model is not None:
             have = {s.name: s.width for s in model.sites}
+            for kind in {s.module for s in sites} - {"ffn"}:
+                have.update({s.name: s.width for s in model.attention_sites(kind)})
             for s in sites:
                 if have.get(s.name) != s.width:
                     raise ShapeMismatchError(
@@ -269,6 +271,11 @@ class NeuronScores:
             f"NeuronScores({self.method} of {self.model} on {self.task}: "
             f"{len(self.sites)} sites, {self.n_neurons} neurons)"
         )
+
+
+def _site_row(site: Site) -> list:
+    row = [site.stack, site.layer, site.hook_name, site.width]
+    return row if site.module == "ffn" else [*row, site.module, site.group]
 
 
 def _stable_order(values: Tensor) -> Tensor:

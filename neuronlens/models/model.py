@@ -15,12 +15,14 @@ from neuronlens.errors import (
     MissingLMHeadError,
     NeuronLensError,
     ShapeMismatchError,
+    SiteError,
     TokenizerMismatchError,
+    UnsupportedModelError,
 )
 from neuronlens.models.families import Family, ModelKind
 from neuronlens.models.layout import Layout, Placement, make_layout, place_prompt
 from neuronlens.models.prefix import T5_REASON, Prefix, input_positions, prefix_cache
-from neuronlens.models.sites import Site, SiteSpec, resolve_site, resolve_sites
+from neuronlens.models.sites import Site, SiteSpec, module_kinds, resolve_site, resolve_sites
 
 
 @dataclass
@@ -148,16 +150,86 @@ class NeuronModel:
         return tuple(out)
 
     @property
+    def head_dim(self) -> int:
+        """Width of one attention head (from the config: ``head_dim``, T5's ``d_kv``, or
+        the model width over the number of heads)."""
+        cfg = self.hf_model.config
+        for attr in ("head_dim", "d_kv"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        for attr in ("num_attention_heads", "n_head", "num_heads"):
+            heads = getattr(cfg, attr, None)
+            if isinstance(heads, int) and heads > 0:
+                return self.d_model // heads
+        raise UnsupportedModelError(f"{self.name}: the config names no number of heads")
+
+    def attention_sites(self, module: str = "heads") -> tuple[Site, ...]:
+        """One site per attention block (T5's decoder: its self-attention), hooked at the
+        input of the attention output projection: ``"heads"`` (units: whole heads) or
+        ``"attn_out"`` (units: that projection's input features)."""
+        if module not in ("heads", "attn_out"):
+            raise SiteError(f"attention module kind must be 'heads' or 'attn_out', got {module!r}")
+        group = self.head_dim if module == "heads" else 1
+        out = []
+        for stack in self.stacks:
+            for layer, block in enumerate(getattr(self.bridge, stack.bridge_name)):
+                attr = "attn" if hasattr(block, "attn") else "self_attn"
+                features = _linear_in(_unwrap(getattr(block, attr).o))
+                if features % group:
+                    raise UnsupportedModelError(
+                        f"{self.name}: {stack.bridge_name}.{layer}'s attention output has "
+                        f"{features} inputs, not a multiple of the head width {group}"
+                    )
+                out.append(
+                    Site(
+                        stack=stack.bridge_name,
+                        layer=layer,
+                        hook_name=f"{stack.bridge_name}.{layer}.{attr}.o.hook_in",
+                        width=features // group,
+                        module=module,
+                        group=group,
+                    )
+                )
+        return tuple(out)
+
+    def module_sites(self, modules: str | Sequence[str] = "ffn") -> tuple[Site, ...]:
+        """The sites of ``modules``: ``"ffn"`` (the default everywhere), ``"heads"``,
+        ``"attn_out"``, ``"all"`` (FFN and attention output inputs), or a list of kinds."""
+        out: list[Site] = []
+        for kind in module_kinds(modules):
+            out.extend(self.sites if kind == "ffn" else self.attention_sites(kind))
+        return tuple(out)
+
+    @property
     def n_neurons(self) -> int:
         return sum(s.width for s in self.sites)
 
     def site(self, spec: SiteSpec) -> Site:
-        """One site: ``model.site("blocks.3")``, ``model.site(3)``, ``model.site(("encoder_blocks", 3))``."""
-        return resolve_site(self.sites, spec)
+        """One site: ``model.site("blocks.3")``, ``model.site(3)``,
+        ``model.site(("encoder_blocks", 3))``, ``model.site("blocks.3.heads")``."""
+        return resolve_site(self._lookup(spec), spec)
 
-    def select_sites(self, spec: SiteSpec | Iterable[SiteSpec] | None = None) -> list[Site]:
-        """Several sites (``None``: all of them)."""
-        return resolve_sites(self.sites, spec)
+    def select_sites(
+        self,
+        spec: SiteSpec | Iterable[SiteSpec] | None = None,
+        modules: str | Sequence[str] = "ffn",
+    ) -> list[Site]:
+        """Several sites (``None``: every site of ``modules``, by default every FFN).
+
+        Names of attention sites (``"blocks.3.heads"``, ``"blocks.3.attn_out"``) are found
+        whatever ``modules`` says; layer indices and ``(stack, layer)`` mean FFNs.
+        """
+        if spec is None:
+            return list(self.module_sites(modules))
+        return resolve_sites(self._lookup(spec), spec)
+
+    def _lookup(self, spec) -> tuple[Site, ...]:
+        """The sites a spec may name: the FFNs, plus the attention sites a name asks for."""
+        items = [spec] if isinstance(spec, (Site, str, int, tuple)) else list(spec)
+        named = " ".join(i.name if isinstance(i, Site) else str(i) for i in items)
+        extra = [k for k in ("heads", "attn_out") if f".{k}" in named]
+        return self.sites + sum((self.attention_sites(k) for k in extra), ())
 
     def hf_ffn(self, site: Site) -> torch.nn.Module:
         """The raw HF FFN module of a site (unwrapped from the bridge)."""
@@ -426,10 +498,13 @@ def walk_modules(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return _unwrap(module)
 
 
+def _linear_in(module: torch.nn.Module) -> int:
+    """Input features of an nn.Linear or GPT-2 Conv1D."""
+    if isinstance(module, Conv1D):  # GPT-2 stores [in, out]
+        return int(module.weight.shape[0])
+    return int(module.weight.shape[1])
+
+
 def _ffn_width(block: torch.nn.Module) -> int:
     """Number of neurons of a bridge block's FFN, read from its second linear's weight."""
-    out = _unwrap(block.mlp.out)
-    weight = out.weight
-    if isinstance(out, Conv1D):  # GPT-2 stores [in, out]
-        return int(weight.shape[0])
-    return int(weight.shape[1])
+    return _linear_in(_unwrap(block.mlp.out))

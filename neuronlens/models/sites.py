@@ -1,4 +1,13 @@
-"""Neuron sites: one per FFN, with stack, layer, bridge hook name and width."""
+"""Neuron sites: one per FFN (and, on request, per attention block), with stack, layer,
+bridge hook name and width.
+
+``module`` says what a site's units are:
+
+* ``"ffn"``: the FFN's neurons (the input of its second linear);
+* ``"heads"``: the attention block's heads, whole (the input of the attention output
+  projection, ``head_dim`` values per head: ``group``);
+* ``"attn_out"``: the attention output projection's input features, one by one.
+"""
 
 from __future__ import annotations
 
@@ -18,21 +27,56 @@ class Site:
         layer: block index within the stack.
         hook_name: bridge hook whose output is the neuron activation
             (``{stack}.{layer}.mlp.hook_post``: the input of the FFN's second linear).
-        width: number of neurons, read from the second linear's weight shape.
+        width: number of units (neurons, or heads), read from module shapes.
+        module: ``"ffn"``, ``"heads"`` or ``"attn_out"`` (see the module docstring).
+        group: values of the hooked tensor per unit (a head's ``head_dim``; 1 elsewhere).
     """
 
     stack: str
     layer: int
     hook_name: str
     width: int
+    module: str = "ffn"
+    group: int = 1
 
     @property
     def name(self) -> str:
-        """Short id, ``"{stack}.{layer}"``."""
-        return f"{self.stack}.{self.layer}"
+        """Short id: ``"{stack}.{layer}"`` for an FFN, ``"{stack}.{layer}.heads"`` /
+        ``"{stack}.{layer}.attn_out"`` for an attention block."""
+        base = f"{self.stack}.{self.layer}"
+        return base if self.module == "ffn" else f"{base}.{self.module}"
+
+    @property
+    def hooked_width(self) -> int:
+        """Last dimension of the hooked tensor: ``width * group``."""
+        return self.width * self.group
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.width} neurons)"
+        unit = {"heads": "heads", "attn_out": "features"}.get(self.module, "neurons")
+        return f"{self.name} ({self.width} {unit})"
+
+
+MODULES = ("ffn", "heads", "attn_out")
+"""Module kinds a site can hold; ``modules="all"`` means the FFN and the attention output
+projection's inputs (every linear's inner dimension, without counting a head twice)."""
+
+ALL_MODULES = ("ffn", "attn_out")
+
+
+def module_kinds(modules: str | Sequence[str]) -> tuple[str, ...]:
+    """Check ``modules=`` (a kind, ``"all"``, or a list of kinds) and return the kinds."""
+    if isinstance(modules, str):
+        kinds = ALL_MODULES if modules == "all" else (modules,)
+    else:
+        kinds = tuple(modules)
+    bad = [k for k in kinds if k not in MODULES]
+    if bad or not kinds:
+        raise SiteError(
+            f"unknown module kind(s) {bad or kinds!r}: use one of {MODULES}, 'all', or a list"
+        )
+    if "heads" in kinds and "attn_out" in kinds:
+        raise SiteError("'heads' and 'attn_out' hook the same tensor: choose one of them")
+    return tuple(dict.fromkeys(kinds))
 
 
 SiteSpec = Site | str | int | tuple[str, int]

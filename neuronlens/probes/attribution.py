@@ -51,6 +51,18 @@ class AttributionMethod:
     def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def per_head(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        """Per token and head from ``[..., heads, head_dim]`` values."""
+        raise NotImplementedError
+
+    def per_unit(self, acts: Tensor, grads: Tensor | None, group: int) -> Tensor:
+        """:meth:`per_token` for single units, :meth:`per_head` for units of ``group``
+        values (whole attention heads)."""
+        if group == 1:
+            return self.per_token(acts, grads)
+        g = None if grads is None else grads.unflatten(-1, (-1, group))
+        return self.per_head(acts.unflatten(-1, (-1, group)), g)
+
     def attribute(
         self,
         tuned,
@@ -64,11 +76,16 @@ class AttributionMethod:
         batch_size: int = 16,
         max_length: int | None = 256,
         progress: bool | None = None,
+        modules: str | Sequence[str] = "ffn",
     ) -> NeuronScores:
-        """Scores of every neuron at ``sites`` (default every site the head reaches) on a
-        seeded subset of ``n`` examples of ``data`` (``None``: all of them)."""
+        """Scores of every unit at ``sites`` (default every site of ``modules`` the head
+        reaches) on a seeded subset of ``n`` examples of ``data`` (``None``: all of them).
+
+        ``modules``: ``"ffn"`` (neurons), ``"heads"`` (whole attention heads),
+        ``"attn_out"`` (the attention output projection's inputs), ``"all"``, or a list.
+        """
         model = self.model
-        subset, chosen, meta = _prepare(model, tuned, data, n, seed, sites, include_prompt)
+        subset, chosen, meta = _prepare(model, tuned, data, n, seed, sites, include_prompt, modules)
         labels = torch.as_tensor(list(subset.labels), dtype=torch.long)
         if int(labels.max()) >= tuned.head.n_classes or int(labels.min()) < 0:
             raise NeuronLensError(f"labels outside the head's {tuned.head.n_classes} classes")
@@ -92,6 +109,11 @@ class GradientXActivation(AttributionMethod):
     def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         return (acts * grads).abs()
 
+    def per_head(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        # d logit / d gate of the head's output (the head scaled by a gate at 1): a head's
+        # first-order effect, as a neuron's |a * g| is its own
+        return (acts * grads).sum(-1).abs()
+
 
 class Activation(AttributionMethod):
     """The activation itself (SKELETON's "Activation" baseline)."""
@@ -102,6 +124,9 @@ class Activation(AttributionMethod):
     def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         return acts
 
+    def per_head(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        return acts.norm(dim=-1)  # the size of the head's output
+
 
 class Gradient(AttributionMethod):
     """The gradient of the gold-label logit (SKELETON's "Gradient" baseline)."""
@@ -111,6 +136,9 @@ class Gradient(AttributionMethod):
     def per_token(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         return grads
 
+    def per_head(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        return grads.norm(dim=-1)
+
 
 class RandomScores(AttributionMethod):
     """Seeded random scores (SKELETON's "Random" baseline); no forward pass."""
@@ -119,8 +147,8 @@ class RandomScores(AttributionMethod):
     needs_grads = False
 
     def attribute(self, tuned, task, data, *, n=20, seed=0, sites=None, include_prompt=False,
-                  batch_size=16, max_length=256, progress=None) -> NeuronScores:  # fmt: skip
-        _, chosen, meta = _prepare(self.model, tuned, data, n, seed, sites, include_prompt)
+                  batch_size=16, max_length=256, progress=None, modules="ffn") -> NeuronScores:  # fmt: skip
+        _, chosen, meta = _prepare(self.model, tuned, data, n, seed, sites, include_prompt, modules)
         g = torch.Generator().manual_seed(seed)
         scores = {s.name: torch.rand(s.width, generator=g) for s in chosen}
         return NeuronScores(
@@ -161,12 +189,13 @@ class AttributionProbe(Probe):
         self.name = cls.name
         self.needs_grads = cls.needs_grads
         self.positions = AllTokens(include_prompt=include_prompt)
+        self.grouped = True  # whole heads: the method's per_head
 
     def init_state(self, sites: Sequence[Site]) -> State:
         return {s.name: torch.zeros(s.width, dtype=torch.float64) for s in sites}
 
     def update(self, state: State, sb: SiteBatch) -> None:
-        per_token = self.method.per_token(sb.acts, sb.grads)
+        per_token = self.method.per_unit(sb.acts, sb.grads, sb.site.group)
         valid = sb.valid.to(per_token.dtype)
         n_tok = valid.sum(1, keepdim=True)
         if bool((n_tok == 0).any()):
@@ -183,7 +212,7 @@ def gold_logit(logits: Tensor, batch) -> Tensor:
     return logits[torch.arange(logits.shape[0], device=logits.device), batch.labels]
 
 
-def _prepare(model, tuned, data, n, seed, sites, include_prompt):
+def _prepare(model, tuned, data, n, seed, sites, include_prompt, modules="ffn"):
     """``(subset, sites, meta)`` shared by every method: checks, the seeded subset, the
     sites the head reaches (a T5 linear head reads the encoder only)."""
     if len(data) == 0:
@@ -192,7 +221,7 @@ def _prepare(model, tuned, data, n, seed, sites, include_prompt):
         checks.integer("n", n, minimum=1)
     tuned.head.check_model(model)
     subset = data if n is None or n >= len(data) else data.subset(n, seed=seed)
-    chosen = model.select_sites(sites)
+    chosen = model.select_sites(sites, modules)
     if model.kind is ModelKind.ENCODER_DECODER and tuned.head.kind == "linear":
         chosen = [s for s in chosen if s.stack != "decoder_blocks"]
     meta = {
@@ -202,6 +231,7 @@ def _prepare(model, tuned, data, n, seed, sites, include_prompt):
         "prompt_task": tuned.task,
         "readout": tuned.head.readout,
         "include_prompt": include_prompt,
+        "modules": sorted({s.module for s in chosen}),
     }
     return subset, chosen, meta
 
@@ -220,10 +250,15 @@ def attribute(
     ``method``: ``"attribution"`` (|activation x gradient|), ``"activation"``,
     ``"gradient"``, ``"random"``, or an :class:`AttributionMethod` class or instance;
     ``kwargs`` go to :meth:`AttributionMethod.attribute` (``n``, ``seed``, ``sites``,
-    ``include_prompt``, ``batch_size``, ``max_length``, ``progress``).
+    ``modules``, ``include_prompt``, ``batch_size``, ``max_length``, ``progress``).
+
+    A whole head (``modules="heads"``) scores ``|sum over its values of a * g|``, the
+    gradient of the gold logit w.r.t. a gate scaling the head's output; ``"activation"``
+    and ``"gradient"`` score a head by the norm of its output and of that output's gradient.
 
     Examples:
         >>> attr = attribute(model, tuned, task, train, n=20)            # doctest: +SKIP
         >>> attr.top(percent=50)                                         # doctest: +SKIP
+        >>> heads = attribute(model, tuned, task, train, modules="heads")  # doctest: +SKIP
     """
     return method_class(method)(model).attribute(tuned, task, data, **kwargs)

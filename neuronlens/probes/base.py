@@ -44,7 +44,7 @@ from neuronlens.capture import (
     as_capture_data,
     capture,
 )
-from neuronlens.errors import EmptyDataError, NeuronLensError
+from neuronlens.errors import EmptyDataError, NeuronLensError, SiteError
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
@@ -56,12 +56,15 @@ class Probe:
     """Base class of probes. Override :meth:`init_state`, :meth:`update` and :meth:`finish`.
 
     Class attributes: ``name`` (the method name in the scores), ``needs_grads`` (ask for
-    gradients of the objective w.r.t. activations), ``positions`` (token positions).
+    gradients of the objective w.r.t. activations), ``positions`` (token positions),
+    ``grouped`` (the probe scores sites whose units span several values, such as whole
+    attention heads: ``sb.acts`` is then ``[B, n, width * site.group]``).
     """
 
     name: str = "probe"
     needs_grads: bool = False
     positions: Positions = AllTokens()
+    grouped: bool = False
 
     def init_state(self, sites: Sequence[Site]) -> State:
         raise NotImplementedError
@@ -188,6 +191,13 @@ def collect_state(
     if distributed:
         cdata = shard(cdata)
     chosen = model.select_sites(run.sites)
+    grouped = [s.name for s in chosen if s.group > 1]
+    if grouped and not getattr(probe, "grouped", False):
+        raise SiteError(
+            f"{type(probe).__name__} scores single values, but sites {grouped} hold whole "
+            "attention heads: score heads with attribute(..., modules='heads'), or probe the "
+            "attention output's features one by one with modules='attn_out'"
+        )
     state = probe.init_state(chosen)
     capture(
         model,

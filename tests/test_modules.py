@@ -1,0 +1,247 @@
+"""Module-specific localization: whole attention heads and the attention output projection's
+inputs as sites, for attribution and interventions, on every family.
+
+The references gate or zero the input of each attention output projection with plain
+PyTorch forward pre-hooks on the unwrapped Hugging Face module, one example at a time."""
+
+import pytest
+import torch
+
+from neuronlens import (
+    NeuronScores,
+    NeuronSet,
+    Noise,
+    Replace,
+    Retain,
+    Zero,
+    attribute,
+    intervene,
+    predictivity,
+)
+from neuronlens.errors import NeuronLensError, SiteError
+from neuronlens.models.sites import module_kinds
+from neuronlens.prompts.heads import render_texts
+from tests.probe_fixtures import fake_prompt, tiny, word_task
+
+# the attention output projection of each family's blocks (raw HF names)
+ATTN_OUT = {
+    "bert": ("bert.encoder.layer", "attention.output.dense"),
+    "gpt2": ("transformer.h", "attn.c_proj"),
+    "llama": ("model.layers", "self_attn.o_proj"),
+    "t5": ("encoder.block", "layer.0.SelfAttention.o"),
+}
+
+
+def _raw(module):
+    return getattr(module, "original_component", None) or module
+
+
+def o_projections(model, family):
+    root = _raw(model.hf_model)
+    stack, inner = ATTN_OUT[family]
+    for part in stack.split("."):
+        root = _raw(getattr(root, part))
+    out = []
+    for layer in root:
+        m = _raw(layer)
+        for part in inner.split("."):
+            m = _raw(m[int(part)] if part.isdigit() else getattr(m, part))
+        out.append(m)
+    return out
+
+
+def input_span(model, pr, enc):
+    """Input positions of one unpadded example (the prompt before it, or after on a causal
+    LM read at the prompt)."""
+    p, length = pr.n_tokens, int(enc.attention_mask.sum())
+    after = model.kind.value == "causal_lm" and pr.head.readout == "prompt"
+    return (0, length) if after else (p, p + length)
+
+
+def reference_head_scores(model, family, pr, task, data):
+    """Per example: a gate [L, heads] on each o projection's input, d logit_y / d gate by
+    autograd, |.| averaged over the input positions, summed over examples."""
+    hd = model.head_dim
+    outs = o_projections(model, family)
+    totals = [torch.zeros(_in(m) // hd, dtype=torch.float64) for m in outs]
+    for text, y in zip(render_texts(model, pr.head, task, data), data.labels, strict=True):
+        enc = model.encode([text])
+        gates = []
+
+        def pre(mod, args, gates=gates):
+            x = args[0]
+            gate = torch.ones(x.shape[1], x.shape[-1] // hd, requires_grad=True)
+            gates.append(gate)
+            return (x * gate.repeat_interleave(hd, -1),)
+
+        handles = [m.register_forward_pre_hook(pre) for m in outs]
+        try:
+            with torch.enable_grad():
+                logits = pr.head.class_logits(model, enc, pr.prompt, embeds_require_grad=True)
+                grads = torch.autograd.grad(logits[0, y], gates)
+        finally:
+            for h in handles:
+                h.remove()
+        lo, hi = input_span(model, pr, enc)
+        for total, g in zip(totals, grads, strict=True):
+            total += g[lo:hi].abs().double().mean(0)
+    return totals
+
+
+def _in(linear):
+    w = linear.weight
+    return int(w.shape[0]) if type(linear).__name__ == "Conv1D" else int(w.shape[1])
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5"])
+def test_head_sites_on_every_family(family):
+    model = tiny(family)
+    heads = model.module_sites("heads")
+    outs = model.module_sites("attn_out")
+    n_blocks = len(model.sites)
+    assert len(heads) == len(outs) == n_blocks
+    for h, o in zip(heads, outs, strict=True):
+        assert h.name.endswith(".heads") and o.name.endswith(".attn_out")
+        assert h.width * h.group == o.width and o.group == 1
+        assert h.width == model.hf_model.config.num_attention_heads
+    assert model.site(heads[0].name) == heads[0]
+    assert [s.module for s in model.module_sites("all")] == ["ffn"] * n_blocks + [
+        "attn_out"
+    ] * n_blocks
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_head_attribution_equals_gate_gradient(family):
+    model, task = tiny(family), word_task()
+    pr = fake_prompt(model, task)
+    data = task.load("train").take(9)
+    got = attribute(model, pr, task, data, n=None, modules="heads", batch_size=4, progress=False)
+    ref = reference_head_scores(model, family, pr, task, data)
+    assert [s.module for s in got.sites] == ["heads"] * len(model.sites)
+    for site, r in zip(got.sites, ref, strict=True):
+        torch.testing.assert_close(got[site.name].double(), r, rtol=1e-4, atol=1e-9)
+    # (a causal LM's last block cannot reach the answer from the input positions: zero there)
+    assert float(got[got.sites[0].name].min()) > 0
+
+
+def test_attn_out_features_equal_hooked_reference():
+    model, task = tiny("llama"), word_task()
+    pr = fake_prompt(model, task)
+    data = task.load("dev").take(5)
+    got = attribute(model, pr, task, data, n=None, modules="attn_out", progress=False)
+    outs = o_projections(model, "llama")
+    totals = [torch.zeros(_in(m), dtype=torch.float64) for m in outs]
+    for text, y in zip(render_texts(model, pr.head, task, data), data.labels, strict=True):
+        enc = model.encode([text])
+        seen = []
+        handles = [
+            m.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
+            for m in outs
+        ]
+        try:
+            with torch.enable_grad():
+                logits = pr.head.class_logits(model, enc, pr.prompt, embeds_require_grad=True)
+                grads = torch.autograd.grad(logits[0, y], seen)
+        finally:
+            for h in handles:
+                h.remove()
+        lo, hi = input_span(model, pr, enc)
+        for total, a, g in zip(totals, seen, grads, strict=True):
+            total += (a[0] * g[0]).abs()[lo:hi].double().mean(0)
+    for site, r in zip(got.sites, totals, strict=True):
+        torch.testing.assert_close(got[site.name].double(), r, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5"])
+def test_zeroing_heads_equals_zeroing_their_slices_by_hand(family):
+    model, task = tiny(family), word_task()
+    pr = fake_prompt(model, task)
+    enc = model.encode(render_texts(model, pr.head, task, task.load("dev").take(3)))
+    sites = model.module_sites("heads")
+    chosen = NeuronSet({sites[0].name: torch.tensor([1]), sites[-1].name: torch.tensor([0])},
+                       {s.name: s.width for s in sites})  # fmt: skip
+    with torch.no_grad(), intervene(model, Zero(chosen)):
+        got = pr.head.class_logits(model, enc, pr.prompt)
+    hd = model.head_dim
+    outs = o_projections(model, family)
+
+    def zero(head):
+        def pre(mod, args):
+            x = args[0].clone()
+            x[..., head * hd : (head + 1) * hd] = 0
+            return (x,)
+
+        return pre
+
+    handles = [outs[0].register_forward_pre_hook(zero(1))]
+    handles.append(outs[len(outs) - 1].register_forward_pre_hook(zero(0)))
+    if family == "t5":  # the last head site is the decoder's last self-attention
+        handles[-1].remove()
+        dec = _raw(_raw(model.hf_model).decoder)
+        last = _raw(_raw(dec.block[-1]).layer[0])
+        handles[-1] = _raw(_raw(last.SelfAttention).o).register_forward_pre_hook(zero(0))
+    try:
+        with torch.no_grad():
+            ref = pr.head.class_logits(model, enc, pr.prompt)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        clean = pr.head.class_logits(model, enc, pr.prompt)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, clean)
+
+
+def test_retain_and_noise_on_heads_and_what_is_refused():
+    model, task = tiny("gpt2"), word_task()
+    pr = fake_prompt(model, task)
+    enc = model.encode(render_texts(model, pr.head, task, task.load("dev").take(2)))
+    sites = model.module_sites("heads")
+    widths = {s.name: s.width for s in sites}
+    every = NeuronSet({s.name: torch.arange(s.width) for s in sites}, widths)
+    none = NeuronSet({s.name: torch.tensor([], dtype=torch.long) for s in sites}, widths)
+    with torch.no_grad():
+        clean = pr.head.class_logits(model, enc, pr.prompt)
+        with intervene(model, Retain(every)):
+            kept = pr.head.class_logits(model, enc, pr.prompt)
+        with intervene(model, Retain(none)):
+            none_kept = pr.head.class_logits(model, enc, pr.prompt)
+        with intervene(model, Zero(every)):
+            zeroed = pr.head.class_logits(model, enc, pr.prompt)
+        with intervene(model, Noise(every, std=0.0)):
+            no_noise = pr.head.class_logits(model, enc, pr.prompt)
+    torch.testing.assert_close(kept, clean)
+    torch.testing.assert_close(none_kept, zeroed)
+    torch.testing.assert_close(no_noise, clean)
+    with (
+        pytest.raises(NeuronLensError, match="whole heads"),
+        intervene(model, Replace(every, values={})),
+    ):
+        pass
+    assert not model.bridge.hook_dict[sites[0].hook_name].fwd_hooks
+
+
+def test_heads_refused_where_single_values_are_scored():
+    model, task = tiny("bert"), word_task()
+    pr = fake_prompt(model, task)
+    with pytest.raises(SiteError, match="whole attention heads"):
+        predictivity(model, pr, task, task.load("dev"), train=task.load("train"),
+                     sites=["blocks.0.heads"], progress=False)  # fmt: skip
+    with pytest.raises(SiteError, match="unknown module"):
+        module_kinds("attention")
+    with pytest.raises(SiteError, match="same tensor"):
+        module_kinds(["heads", "attn_out"])
+    with pytest.raises(SiteError, match="not in this model"):
+        model.site("blocks.9.heads")
+
+
+def test_head_scores_save_and_load(tmp_path):
+    model, task = tiny("bert"), word_task()
+    pr = fake_prompt(model, task)
+    scores = attribute(model, pr, task, task.load("dev"), modules="heads", progress=False)
+    path = scores.save(tmp_path / "heads")
+    again = NeuronScores.load(path, model=model)
+    assert again.sites == scores.sites
+    torch.testing.assert_close(again.flat(), scores.flat())
+    top = again.top(k=1, per_layer=True)
+    assert top.count == len(model.sites)
