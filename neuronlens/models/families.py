@@ -66,6 +66,30 @@ class Stack:
     hf_ffn: str
     hf_in: tuple[str, ...]
     hf_out: str
+    attention: Attention | str = "this family's head pruning is not in the table"
+    """Where the self-attention's linears live, for pruning whole heads; or why heads of
+    this family cannot be removed (they can still be scored and switched off)."""
+
+
+@dataclass(frozen=True)
+class Attention:
+    """A block's self-attention in raw HF, for head pruning.
+
+    Attributes:
+        path: dotted path template (``{i}`` = layer) of the attention module.
+        q, k, v: names (inside ``path``) of the query, key and value linears.
+        o: name of the output projection (its input is the heads' outputs, concatenated).
+        counts: name of the submodule whose ``num_attention_heads`` / ``all_head_size``
+            attributes follow the head count (BERT's ``self``); None where the forward
+            reshapes with ``-1`` heads.
+    """
+
+    path: str
+    q: str
+    k: str
+    v: str
+    o: str
+    counts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +128,29 @@ class Family:
 
 def _t5_stack(bridge_name: str, hf_stack: str, ffn_index: int, gated: bool) -> Stack:
     ins = ("wi_0", "wi_1") if gated else ("wi",)
-    return Stack(bridge_name, f"{hf_stack}.block.{{i}}.layer.{ffn_index}.DenseReluDense", ins, "wo")
+    path = f"{hf_stack}.block.{{i}}.layer.{ffn_index}.DenseReluDense"
+    return Stack(bridge_name, path, ins, "wo", T5_HEADS)
+
+
+def _bert_attention(base: str) -> Attention:
+    return Attention(
+        f"{base}.encoder.layer.{{i}}.attention",
+        "self.query",
+        "self.key",
+        "self.value",
+        "output.dense",
+        counts="self",
+    )
+
+
+GPT2_HEADS = (
+    "TransformerLens 4.3's GPT-2 attention bridge splits heads with the config's head count, "
+    "so a layer with fewer heads does not run"
+)
+T5_HEADS = (
+    "T5's first layer computes a relative position bias per head that every later layer "
+    "reuses, so layers cannot lose different heads"
+)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -172,7 +218,13 @@ register_family(
         base_models={"BertModel": "BertForMaskedLM", "BertForPreTraining": "BertForMaskedLM"},
         kind=ModelKind.MASKED_LM,
         stacks=(
-            Stack("blocks", "bert.encoder.layer.{i}", ("intermediate.dense",), "output.dense"),
+            Stack(
+                "blocks",
+                "bert.encoder.layer.{i}",
+                ("intermediate.dense",),
+                "output.dense",
+                _bert_attention("bert"),
+            ),
         ),
         head_prefixes=("cls.",),
         hf_head="cls",
@@ -185,7 +237,13 @@ register_family(
         base_models={"RobertaModel": "RobertaForMaskedLM"},
         kind=ModelKind.MASKED_LM,
         stacks=(
-            Stack("blocks", "roberta.encoder.layer.{i}", ("intermediate.dense",), "output.dense"),
+            Stack(
+                "blocks",
+                "roberta.encoder.layer.{i}",
+                ("intermediate.dense",),
+                "output.dense",
+                _bert_attention("roberta"),
+            ),
         ),
         head_prefixes=("lm_head.",),
         hf_head="lm_head",
@@ -208,7 +266,7 @@ register_family(
         architectures=("GPT2LMHeadModel",),
         base_models={"GPT2Model": "GPT2LMHeadModel"},
         kind=ModelKind.CAUSAL_LM,
-        stacks=(Stack("blocks", "transformer.h.{i}.mlp", ("c_fc",), "c_proj"),),
+        stacks=(Stack("blocks", "transformer.h.{i}.mlp", ("c_fc",), "c_proj", GPT2_HEADS),),
         hf_head="lm_head",
     )
 )
@@ -218,7 +276,15 @@ register_family(
         architectures=("LlamaForCausalLM",),
         base_models={"LlamaModel": "LlamaForCausalLM"},
         kind=ModelKind.CAUSAL_LM,
-        stacks=(Stack("blocks", "model.layers.{i}.mlp", ("gate_proj", "up_proj"), "down_proj"),),
+        stacks=(
+            Stack(
+                "blocks",
+                "model.layers.{i}.mlp",
+                ("gate_proj", "up_proj"),
+                "down_proj",
+                Attention("model.layers.{i}.self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),
+            ),
+        ),
         gated=True,
         hf_head="lm_head",
     )

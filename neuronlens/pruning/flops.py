@@ -99,6 +99,7 @@ def flop_count(
     kept_ratio: float = 1.0,
     decoder_len: int = 1,
     lm_head: bool = False,
+    heads_kept_ratio: float = 1.0,
 ) -> FlopCount:
     """Matmul FLOPs of one forward pass over ``seq_len`` tokens (one sequence).
 
@@ -111,7 +112,8 @@ def flop_count(
     step neuronlens reads labels from) with self- and cross-attention (the cross-attention
     keys and values are projected from the ``seq_len`` encoder tokens). ``lm_head=True`` adds
     ``d·vocab`` for every output position (off by default: classification reads one position,
-    and the papers' ceilings exclude it). ``kept_ratio`` scales every FFN width.
+    and the papers' ceilings exclude it). ``kept_ratio`` scales every FFN width,
+    ``heads_kept_ratio`` the attention projections and scores (heads pruned evenly).
 
     ``model`` is a :class:`NeuronModel` (for a pruned one, the original widths are used:
     pass ``kept_ratio=model.pruning.kept_ratio``) or a :class:`ModelDims`.
@@ -119,8 +121,9 @@ def flop_count(
     dims = ModelDims.of(model) if isinstance(model, NeuronModel) else model
     if not isinstance(dims, ModelDims):
         raise NeuronLensError(f"flop_count needs a NeuronModel or ModelDims, got {type(model)!r}")
-    if not 0.0 <= kept_ratio <= 1.0:
-        raise NeuronLensError(f"kept_ratio must be within 0..1, got {kept_ratio}")
+    for label, ratio in (("kept_ratio", kept_ratio), ("heads_kept_ratio", heads_kept_ratio)):
+        if not 0.0 <= ratio <= 1.0:
+            raise NeuronLensError(f"{label} must be within 0..1, got {ratio}")
     if seq_len < 1 or decoder_len < 1:
         raise NeuronLensError("seq_len and decoder_len must be >= 1")
     d = dims.d_model
@@ -143,8 +146,9 @@ def flop_count(
         ffn += t * ffn_mats * d * sum(dims.decoder_ffn_widths) * kept_ratio
         head_tokens = t
     head = head_tokens * d * dims.vocab_size if lm_head else 0
+    h = heads_kept_ratio
     return FlopCount(
-        attention=2.0 * attention, scores=2.0 * scores, ffn=2.0 * ffn, lm_head=2.0 * head
+        attention=2.0 * attention * h, scores=2.0 * scores * h, ffn=2.0 * ffn, lm_head=2.0 * head
     )
 
 
@@ -155,15 +159,22 @@ def flop_ceiling(
     *,
     decoder_len: int = 1,
     lm_head: bool = False,
+    heads_kept_ratio: float = 1.0,
 ) -> float:
-    """Theoretical speed-up of keeping ``kept_ratio`` of the FFN neurons (FFN-only pruning):
-    matmul FLOPs unpruned / pruned, counted as in :func:`flop_count`.
+    """Theoretical speed-up of keeping ``kept_ratio`` of the FFN neurons (and
+    ``heads_kept_ratio`` of the attention heads): matmul FLOPs unpruned / pruned, counted as
+    in :func:`flop_count`.
 
     BERT-base at 128 tokens (``ModelDims.uniform(768, 3072, 12)``): 1.24× at
     ``kept_ratio=0.7``, 1.48× at 0.5, 1.83× at 0.3.
     """
     full = flop_count(model, seq_len, decoder_len=decoder_len, lm_head=lm_head)
     pruned = flop_count(
-        model, seq_len, kept_ratio=kept_ratio, decoder_len=decoder_len, lm_head=lm_head
+        model,
+        seq_len,
+        kept_ratio=kept_ratio,
+        decoder_len=decoder_len,
+        lm_head=lm_head,
+        heads_kept_ratio=heads_kept_ratio,
     )
     return full.total / pruned.total

@@ -37,7 +37,13 @@ from neuronlens.errors import NeuronLensError, ShapeMismatchError, SiteError
 from neuronlens.models.loading import load_model
 from neuronlens.models.model import NeuronModel
 from neuronlens.neurons import NeuronSet
-from neuronlens.pruning.surgery import plain_hf_model, set_config_width, slice_site
+from neuronlens.pruning.surgery import (
+    attention_table,
+    plain_hf_model,
+    set_config_width,
+    slice_heads,
+    slice_site,
+)
 
 KeepSpec = NeuronSet | Mapping[object, Tensor | Sequence[int] | np.ndarray]
 
@@ -84,16 +90,24 @@ class PruningRecord:
 
     @property
     def n_original(self) -> int:
-        return sum(self.original_widths.values())
+        """FFN neurons before pruning (head sites, ``"*.heads"``, are counted apart)."""
+        return sum(w for k, w in self.original_widths.items() if not _is_heads(k))
 
     @property
     def n_kept(self) -> int:
-        return sum(len(v) for v in self.kept.values())
+        return sum(len(v) for k, v in self.kept.items() if not _is_heads(k))
 
     @property
     def kept_ratio(self) -> float:
         """Fraction of all FFN neurons kept (1.0 for a model with no neurons)."""
         return self.n_kept / self.n_original if self.n_original else 1.0
+
+    @property
+    def heads_kept_ratio(self) -> float:
+        """Fraction of the attention heads kept (1.0 when no head was pruned)."""
+        total = sum(w for k, w in self.original_widths.items() if _is_heads(k))
+        kept = sum(len(v) for k, v in self.kept.items() if _is_heads(k))
+        return kept / total if total else 1.0
 
     @property
     def removed_ratio(self) -> float:
@@ -156,6 +170,10 @@ class PruningRecord:
         )
 
 
+def _is_heads(site_name: str) -> bool:
+    return site_name.endswith(".heads")
+
+
 # ---------------------------------------------------------------------- pruning
 def prune_model(
     model: NeuronModel,
@@ -165,7 +183,10 @@ def prune_model(
     name: str | None = None,
     description: str = "",
 ) -> NeuronModel:
-    """A new, smaller model with only the kept FFN neurons (the input model is unchanged).
+    """A new, smaller model with only the kept FFN neurons (the input model is unchanged),
+    and only the kept attention heads where ``keep`` names head sites (``"blocks.3.heads"``,
+    e.g. from ``attribute(..., modules="heads").top(...)``; BERT, RoBERTa and Llama-family
+    models, whose attention runs with any number of heads per layer).
 
     Args:
         model: the model to prune (may itself be a pruned model; records compose).
@@ -196,7 +217,7 @@ def prune_model(
         raise NeuronLensError("give exactly one of keep= (neurons to keep) or remove=")
     spec, removing = (keep, False) if remove is None else (remove, True)
     chosen = _normalise(model, spec, "remove" if removing else "keep")
-    sites = {s.name: s for s in model.sites}
+    sites = {s.name: s for s in prunable_sites(model)}
     keep_idx: dict[str, Tensor] = {}
     for site_name, idx in chosen.items():
         if removing:
@@ -209,8 +230,15 @@ def prune_model(
     stacks = {st.bridge_name: st for st in model.stacks}
     for site_name, idx in keep_idx.items():
         site = sites[site_name]
-        slice_site(hf, stacks[site.stack], site.layer, idx.to(model.device))
-    set_config_width(hf.config, record.widths)
+        if site.module == "heads":
+            if idx.numel() == 0:
+                raise NeuronLensError(
+                    f"{site_name}: pruning would remove every head of the layer; keep at least one"
+                )
+            slice_heads(hf, stacks[site.stack], site.layer, idx, model.head_dim)
+        else:
+            slice_site(hf, stacks[site.stack], site.layer, idx.to(model.device))
+    set_config_width(hf.config, {k: v for k, v in record.widths.items() if k in model_ffn(model)})
     with torch.no_grad():
         pruned = load_model(
             hf,
@@ -223,13 +251,30 @@ def prune_model(
     return pruned
 
 
+def prunable_sites(model: NeuronModel) -> tuple:
+    """The FFN sites, and the whole-head sites of stacks whose heads can be removed."""
+    heads = [s for s in model.attention_sites("heads") if _removable(model, s)]
+    return model.sites + tuple(heads)
+
+
+def _removable(model: NeuronModel, site) -> bool:
+    stack = next(st for st in model.stacks if st.bridge_name == site.stack)
+    return not isinstance(stack.attention, str)
+
+
+def model_ffn(model: NeuronModel) -> set[str]:
+    return {s.name for s in model.sites}
+
+
 def _composed_record(
     model: NeuronModel, keep_idx: dict[str, Tensor], description: str
 ) -> PruningRecord:
     """The record after keeping ``keep_idx`` (indices into the current widths), composed
-    with the model's own record when it was pruned before."""
-    sites = {s.name: s for s in model.sites}
+    with the model's own record when it was pruned before. Head sites are listed once
+    heads were pruned (now or before)."""
     prev: PruningRecord | None = getattr(model, "pruning", None)
+    with_heads = any(_is_heads(k) for k in [*keep_idx, *(prev.kept if prev else ())])
+    sites = {s.name: s for s in (prunable_sites(model) if with_heads else model.sites)}
     if prev is not None and set(prev.kept) != set(sites):
         raise NeuronLensError(
             f"{model.name}: its pruning record names sites {sorted(prev.kept)} but the model has "
@@ -259,10 +304,12 @@ def _composed_record(
 
 def _normalise(model: NeuronModel, spec: object, what: str) -> dict[str, Tensor]:
     """site name -> sorted unique LongTensor indices (validated against current widths)."""
-    sites = {s.name: s for s in model.sites}
+    sites = {s.name: s for s in prunable_sites(model)}
     out: dict[str, Tensor] = {}
     if isinstance(spec, NeuronSet):
         for site_name, width in spec.widths.items():
+            if site_name not in sites and site_name.endswith((".heads", ".attn_out")):
+                _unprunable(model, model.site(site_name))
             if site_name not in sites:
                 raise SiteError(
                     f"the neuron set to {what} names site {site_name!r}, which {model.name} does "
@@ -284,10 +331,24 @@ def _normalise(model: NeuronModel, spec: object, what: str) -> dict[str, Tensor]
         )
     for key, idx in spec.items():
         site = model.site(key)  # SiteError for anything the model does not have
+        if site.name not in sites:
+            _unprunable(model, site)
         if site.name in out:
             raise NeuronLensError(f"site {site.name} is given twice in {what}=")
         out[site.name] = _indices(idx, site.width, site.name, what)
     return out
+
+
+def _unprunable(model: NeuronModel, site) -> None:
+    """Raise why an attention site cannot be pruned."""
+    if site.module == "attn_out":
+        raise SiteError(
+            f"{site.name}: the attention output's inputs are split into heads of "
+            f"{model.head_dim} values, so single features cannot be removed; prune whole "
+            "heads (modules='heads') or switch features off with Zero"
+        )
+    stack = next(st for st in model.stacks if st.bridge_name == site.stack)
+    attention_table(stack, "prune")
 
 
 def _indices(idx: object, width: int, site: str, what: str) -> Tensor:

@@ -23,7 +23,14 @@ from neuronlens.models.families import family_for_architecture
 from neuronlens.models.loading import load_model, quiet_transformers
 from neuronlens.models.model import NeuronModel
 from neuronlens.pruning.prune import PruningRecord
-from neuronlens.pruning.surgery import named_tensors, no_init, plain_hf_model, resize_site
+from neuronlens.pruning.surgery import (
+    head_counts,
+    named_tensors,
+    no_init,
+    plain_hf_model,
+    resize_heads,
+    resize_site,
+)
 
 RECORD_FILE = "pruning.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -61,6 +68,7 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
         "has_lm_head": model.has_lm_head,
         "dtype": str(model.dtype).removeprefix("torch."),
         "sites": [[s.stack, s.layer, s.width] for s in sites],
+        "heads": _head_rows(model, hf) if any(k.endswith(".heads") for k in record.kept) else [],
         "record": record.to_dict(),
         "versions": library_versions(),
     }
@@ -86,9 +94,10 @@ def load_pruned(
         ShapeMismatchError: the weights do not match the record's widths.
     """
     root = Path(path)
-    record, widths, dtype, has_lm_head, label = _read_record(root, name)
+    record, widths, heads, dtype, has_lm_head, label = _read_record(root, name)
     config = transformers.AutoConfig.from_pretrained(str(root))
     hf = _empty_model(root, config, widths, dtype)
+    _resize_heads(root, hf, config, heads)
     try:
         state = load_file(str(root / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
@@ -101,12 +110,16 @@ def load_pruned(
     got = {s.name: s.width for s in model.sites}
     if got != widths:
         raise ShapeMismatchError(f"{root}: loaded site widths {got} differ from saved {widths}")
+    got_heads = {s.name: s.width for s in model.attention_sites("heads")}
+    if any(got_heads.get(f"{st}.{layer}.heads") != n_q for st, layer, n_q, _ in heads):
+        raise ShapeMismatchError(f"{root}: loaded head counts {got_heads} differ from {heads}")
     model.pruning = record
     return model
 
 
 def _read_record(root: Path, name: str | None):
-    """``(record, widths, dtype, has_lm_head, name)`` from a saved model's ``pruning.json``,
+    """``(record, widths, heads, dtype, has_lm_head, name)`` from a saved model's
+    ``pruning.json``,
     every file checked present and the record checked whole."""
     if not root.is_dir():
         raise DataFileNotFoundError(f"no saved pruned model at {root} (not a directory)")
@@ -129,6 +142,9 @@ def _read_record(root: Path, name: str | None):
     try:
         record = PruningRecord.from_dict(meta["record"])
         widths = {f"{st}.{int(layer)}": int(w) for st, layer, w in meta["sites"]}
+        heads = [
+            (str(st), int(layer), int(q), int(kv)) for st, layer, q, kv in meta.get("heads", [])
+        ]
         dtype = getattr(torch, str(meta["dtype"]))
         has_lm_head = bool(meta["has_lm_head"])
         label = name or str(meta["name"])
@@ -138,12 +154,46 @@ def _read_record(root: Path, name: str | None):
         raise NeuronLensError(f"{root / RECORD_FILE} is incomplete or corrupted: {e!r}") from e
     if not isinstance(dtype, torch.dtype):
         raise NeuronLensError(f"{root / RECORD_FILE}: unknown dtype {meta['dtype']!r}")
-    if record.widths != widths:
+    saved = widths | {f"{st}.{layer}.heads": q for st, layer, q, _ in heads}
+    if record.widths != saved:
         raise ShapeMismatchError(
             f"{root / RECORD_FILE}: the record's kept neurons {record.widths} do not match the "
-            f"saved site widths {widths}"
+            f"saved site widths {saved}"
         )
-    return record, widths, dtype, has_lm_head, label
+    return record, widths, heads, dtype, has_lm_head, label
+
+
+def _head_rows(model: NeuronModel, hf: nn.Module) -> list[list]:
+    """``[stack, layer, query heads, key/value heads]`` of every attention module."""
+    stacks = {st.bridge_name: st for st in model.stacks}
+    rows = []
+    for site in model.attention_sites("heads"):
+        n_q, n_kv = head_counts(hf, stacks[site.stack], site.layer, model.head_dim)
+        rows.append([site.stack, site.layer, n_q, n_kv])
+    return rows
+
+
+def _resize_heads(root: Path, hf: nn.Module, config, heads: list[tuple]) -> None:
+    """Give the freshly built model the saved head counts."""
+    if not heads:
+        return
+    family, _ = family_for_architecture(config.architectures[0])
+    by_stack = {st.bridge_name: st for st in family.resolve(config)[1]}
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // config.num_attention_heads
+    )
+    for stack_name, layer, n_q, n_kv in heads:
+        if stack_name not in by_stack:
+            raise NeuronLensError(f"{root / RECORD_FILE} names stack {stack_name!r}")
+        stack = by_stack[stack_name]
+        try:
+            if head_counts(hf, stack, layer, head_dim) != (n_q, n_kv):
+                resize_heads(hf, stack, layer, n_q, n_kv, head_dim)
+        except (AttributeError, IndexError) as e:
+            raise ShapeMismatchError(
+                f"{root / RECORD_FILE} names attention layer {stack_name}.{layer}, which the "
+                "saved config's model does not have"
+            ) from e
 
 
 def _empty_model(root: Path, config, widths: dict[str, int], dtype) -> nn.Module:

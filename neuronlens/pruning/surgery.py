@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from neuronlens.errors import ShapeMismatchError, UnsupportedModelError
-from neuronlens.models.families import Stack
+from neuronlens.models.families import Attention, Stack
 from neuronlens.models.loading import quiet_transformers
 from neuronlens.models.model import NeuronModel, walk_modules
 
@@ -40,6 +40,13 @@ def plain_hf_model(model: NeuronModel) -> transformers.PreTrainedModel:
     stacks = {st.bridge_name: st for st in model.stacks}
     for site in model.sites:
         resize_site(fresh, stacks[site.stack], site.layer, site.width)
+    for stack in model.stacks:
+        if not isinstance(stack.attention, Attention):
+            continue
+        for layer in range(len(getattr(model.bridge, stack.bridge_name))):
+            counts = head_counts(src, stack, layer, model.head_dim)
+            if counts != head_counts(fresh, stack, layer, model.head_dim):
+                resize_heads(fresh, stack, layer, *counts, model.head_dim)
     with torch.no_grad():
         for name, tensor in named_tensors(fresh):
             owner_path, _, attr = name.rpartition(".")
@@ -211,3 +218,102 @@ def set_config_width(config, widths: Mapping[str, int]) -> None:
         if attr in config.to_dict():
             setattr(config, attr, max(widths.values()))
             return
+
+
+# ---------------------------------------------------------------------- attention heads
+def attention_table(stack: Stack, what: str) -> Attention:
+    """The stack's attention entry, or an error saying why its heads cannot be removed."""
+    if isinstance(stack.attention, Attention):
+        return stack.attention
+    raise UnsupportedModelError(
+        f"cannot {what} attention heads of {stack.bridge_name}: {stack.attention} "
+        "(heads can still be scored and switched off with Zero / Retain)"
+    )
+
+
+def head_counts(hf: nn.Module, stack: Stack, layer: int, head_dim: int) -> tuple[int, int]:
+    """``(query heads, key/value heads)`` of one attention module of a plain HF model."""
+    att = attention_table(stack, "read")
+    mod = get_module(hf, att.path.format(i=layer))
+    n_q = linear_dims(get_module(mod, att.q))[1] // head_dim
+    n_kv = linear_dims(get_module(mod, att.k))[1] // head_dim
+    return n_q, n_kv
+
+
+def kv_groups(heads: Tensor, n_q: int, n_kv: int, where: str) -> tuple[Tensor, int]:
+    """For kept query ``heads`` (sorted), the key/value heads they read and how many query
+    heads share each: grouped-query attention keeps the same number in every kept group."""
+    if n_q == n_kv:
+        return heads, 1
+    rep = n_q // n_kv
+    groups, counts = torch.unique(heads // rep, return_counts=True)
+    if counts.numel() and not bool((counts == counts[0]).all()):
+        raise UnsupportedModelError(
+            f"{where}: grouped-query attention ({rep} query heads per key/value head) needs the "
+            f"same number of kept heads in every kept group; got {counts.tolist()} in groups "
+            f"{groups.tolist()}"
+        )
+    return groups, int(counts[0]) if counts.numel() else rep
+
+
+def _dims(heads: Tensor, head_dim: int) -> Tensor:
+    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim)).flatten()
+
+
+def slice_heads(hf: nn.Module, stack: Stack, layer: int, heads: Tensor, head_dim: int) -> None:
+    """Keep query heads ``heads`` (indices into the current heads) of one attention module
+    of a plain HF model, in place: rows of q (and of k, v for their key/value heads),
+    columns of the output projection."""
+    att = attention_table(stack, "prune")
+    where = att.path.format(i=layer)
+    mod = get_module(hf, where)
+    n_q, n_kv = head_counts(hf, stack, layer, head_dim)
+    heads = torch.unique(heads.long().cpu())
+    groups, per_group = kv_groups(heads, n_q, n_kv, where)
+    for name, keep in ((att.q, heads), (att.k, groups), (att.v, groups)):
+        lin = get_module(mod, name)
+        check_linear(lin, f"{where}.{name}")
+        idx = _dims(keep, head_dim).to(lin.weight.device)
+        w = lin.weight.detach()
+        w = w[:, idx].clone() if is_conv1d(lin) else w[idx].clone()
+        b = None if lin.bias is None else lin.bias.detach()[idx].clone()
+        set_module(mod, name, linear_like(lin, linear_dims(lin)[0], int(idx.numel()), w, b))
+    out = get_module(mod, att.o)
+    check_linear(out, f"{where}.{att.o}")
+    idx = _dims(heads, head_dim).to(out.weight.device)
+    w = out.weight.detach()
+    w = w[idx].clone() if is_conv1d(out) else w[:, idx].clone()
+    b = None if out.bias is None else out.bias.detach().clone()
+    set_module(mod, att.o, linear_like(out, int(idx.numel()), linear_dims(out)[1], w, b))
+    _set_counts(mod, att, int(heads.numel()), head_dim, per_group if n_q != n_kv else None)
+
+
+def resize_heads(
+    hf: nn.Module, stack: Stack, layer: int, n_q: int, n_kv: int, head_dim: int
+) -> None:
+    """Give one attention module ``n_q`` query and ``n_kv`` key/value heads (uninitialised
+    weights), as a saved head-pruned model has them."""
+    att = attention_table(stack, "resize")
+    where = att.path.format(i=layer)
+    mod = get_module(hf, where)
+    grouped = head_counts(hf, stack, layer, head_dim)
+    for name, n in ((att.q, n_q), (att.k, n_kv), (att.v, n_kv)):
+        lin = get_module(mod, name)
+        d_in, _ = linear_dims(lin)
+        bias = None if lin.bias is None else True
+        set_module(mod, name, linear_like(lin, d_in, n * head_dim, None, bias))
+    out = get_module(mod, att.o)
+    bias = None if out.bias is None else True
+    set_module(mod, att.o, linear_like(out, n_q * head_dim, linear_dims(out)[1], None, bias))
+    per_group = n_q // n_kv if n_kv and grouped[0] != grouped[1] else None
+    _set_counts(mod, att, n_q, head_dim, per_group)
+
+
+def _set_counts(mod: nn.Module, att: Attention, n_heads: int, head_dim: int, per_group) -> None:
+    """Attributes of the HF module that follow its head count."""
+    if att.counts is not None:
+        counted = get_module(mod, att.counts)
+        counted.num_attention_heads = n_heads
+        counted.all_head_size = n_heads * head_dim
+    if per_group is not None:
+        mod.num_key_value_groups = per_group
