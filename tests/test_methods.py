@@ -168,3 +168,43 @@ def test_p_tuning_trains_an_ordinary_prompt_through_an_encoder():
     again = tune_prompt(model, task, train=task.load("train"), validation=False, method="p-tuning",
                         readout="prompt", n_tokens=4, max_steps=30, lr=1e-2, seed=0, progress=False)  # fmt: skip
     assert torch.equal(res.prompt, again.prompt)  # seeded, encoder included
+
+
+def test_training_stops_once_the_loss_has_converged():
+    model = nl.load_model(tiny_hf_model("bert", seed=3), tiny_tokenizer(), name="tiny-bert")
+    task = word_task(n=80)
+    kw = dict(train=task.load("train"), validation=False, n_tokens=2, lr=1e-2, seed=0,
+              progress=False)  # fmt: skip
+    # a tolerance of 0.99: any window whose loss fell by less than 99 % counts as converged,
+    # so training stops at the first step with two full windows
+    quick = tune_prompt(model, task, max_steps=60, converge_window=5, converge_tol=0.99, **kw)
+    mark = [h for h in quick.history if "converged" in h]
+    assert [h["step"] for h in mark] == [10]
+    w = mark[0]["converged"]
+    assert w["window_before"] - w["window_now"] < 0.99 * w["window_before"]
+    # min_steps holds the stop off; without a window the full length runs
+    held = tune_prompt(model, task, max_steps=60, converge_window=5, converge_tol=0.99,
+                       min_steps=25, **kw)  # fmt: skip
+    assert [h["step"] for h in held.history if "converged" in h] == [25]
+    full = tune_prompt(model, task, max_steps=30, **kw)
+    assert not any("converged" in h for h in full.history)
+    with pytest.raises(NeuronLensError, match="converge_window"):
+        tune_prompt(model, task, max_steps=5, converge_window=0, **kw)
+    with pytest.raises(NeuronLensError, match="converge_tol"):
+        tune_prompt(model, task, max_steps=5, converge_window=3, converge_tol=1.5, **kw)
+
+
+def test_skip_runs_on_a_converged_prefix():
+    from neuronlens.pruning import skip_search
+
+    model = nl.load_model(tiny_hf_model("gpt2", seed=3), tiny_tokenizer(), name="tiny-gpt2")
+    task = word_task(n=80)
+    res = tune_prompt(model, task, train=task.load("train"), validation=False, method="prefix",
+                      n_tokens=3, max_steps=200, lr=1e-2, converge_window=10, converge_tol=0.05,
+                      seed=0, progress=False)  # fmt: skip
+    assert any("converged" in h for h in res.history)
+    dev = word_task(n=300, seed=4).load("train")
+    found = skip_search(model, res, task, train=task.load("train"), eval_data=dev, psi=0.2,
+                        step=0.01, eval_fraction=0.08, progress=False)  # fmt: skip
+    assert found.model.pruning.kept_ratio == pytest.approx(found.kept_ratio, abs=0.01)
+    assert found.accuracy >= found.base_accuracy - 0.002 - 1e-9

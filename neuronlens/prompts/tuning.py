@@ -52,6 +52,10 @@ class TrainingSettings:
             (validations before it still pick the best prompt).
         max_length: truncation of the rendered inputs, in tokens.
         val_limit: validation examples drawn from the task's own validation split.
+        converge_window, converge_tol: stop once the training loss has converged (SKIP
+            prunes a converged prefix): the mean loss of the last ``converge_window`` steps
+            fell by less than ``converge_tol`` (relative) from the window before; never
+            before ``min_steps``. ``None``: train the full length.
     """
 
     epochs: float = 1.0
@@ -68,6 +72,8 @@ class TrainingSettings:
     min_steps: int = 0
     max_length: int | None = 128
     val_limit: int | None = 500
+    converge_window: int | None = None
+    converge_tol: float = 0.01
 
     def __post_init__(self) -> None:
         """Reject settings that would divide by zero, train nothing or climb the loss."""
@@ -113,6 +119,16 @@ def _check_counts(s: TrainingSettings) -> None:
         raise NeuronLensError(f"patience must be >= 1 validation, got {s.patience}")
     if s.min_steps < 0:
         raise NeuronLensError(f"min_steps must be >= 0, got {s.min_steps}")
+    if s.converge_window is not None and (
+        isinstance(s.converge_window, bool)
+        or not isinstance(s.converge_window, int)
+        or s.converge_window < 1
+    ):
+        raise NeuronLensError(
+            f"converge_window must be a number of steps >= 1 (or None), got {s.converge_window!r}"
+        )
+    if not 0 <= s.converge_tol < 1:
+        raise NeuronLensError(f"converge_tol must be within [0, 1), got {s.converge_tol!r}")
     if s.warmup_steps < 0:
         raise NeuronLensError(f"warmup_steps must be >= 0, got {s.warmup_steps}")
 
@@ -238,6 +254,22 @@ class _Trainer:
         self.bad += 1
         return self.bad >= self.s.patience and step >= self.s.min_steps
 
+    def converged(self, step: int) -> bool:
+        """Whether the training loss has converged (``converge_window``); recorded in the
+        history when it has."""
+        w = self.s.converge_window
+        if w is None or len(self.losses) < 2 * w or step < self.s.min_steps:
+            return False
+        before = sum(self.losses[-2 * w : -w]) / w
+        now = sum(self.losses[-w:]) / w
+        if before - now >= self.s.converge_tol * abs(before):
+            return False
+        self.history.append(
+            {"step": step, "train_loss": now, "val_accuracy": None,
+             "converged": {"window_before": before, "window_now": now}}
+        )  # fmt: skip
+        return True
+
     def recent_loss(self) -> float:
         last = self.losses[-self.eval_every :]
         return sum(last) / len(last)
@@ -260,6 +292,10 @@ class _Trainer:
                 bar.set_postfix(loss=f"{self.losses[-1]:.3f}")
                 due = enc_val is not None and (step % self.eval_every == 0 or step == self.total)
                 if due and self.validate(step, enc_val, val_labels):
+                    break
+                if self.converged(step):
+                    if enc_val is not None and not due:
+                        self.validate(step, enc_val, val_labels)
                     break
         finally:
             bar.close()
