@@ -74,18 +74,24 @@ def reference_head_scores(model, family, pr, task, data):
             gates.append(gate)
             return (x * gate.repeat_interleave(hd, -1),)
 
-        handles = [m.register_forward_pre_hook(pre) for m in outs]
-        try:
-            with torch.enable_grad():
-                logits = pr.head.class_logits(model, enc, pr.prompt, embeds_require_grad=True)
-                grads = torch.autograd.grad(logits[0, y], gates)
-        finally:
-            for h in handles:
-                h.remove()
+        grads = gold_grads(model, pr, enc, y, outs, pre, gates)
         lo, hi = input_span(model, pr, enc)
         for total, g in zip(totals, grads, strict=True):
             total += g[lo:hi].abs().double().mean(0)
     return totals
+
+
+def gold_grads(model, pr, enc, y, modules, pre_hook, wrt):
+    """Gradients of the gold logit w.r.t. the tensors ``wrt`` that ``pre_hook`` (on every
+    module) collects during one forward pass; the hooks are removed after."""
+    handles = [m.register_forward_pre_hook(pre_hook) for m in modules]
+    try:
+        with torch.enable_grad():
+            logits = pr.head.class_logits(model, enc, pr.prompt, embeds_require_grad=True)
+            return torch.autograd.grad(logits[0, y], wrt)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _in(linear):
@@ -134,17 +140,7 @@ def test_attn_out_features_equal_hooked_reference():
     for text, y in zip(render_texts(model, pr.head, task, data), data.labels, strict=True):
         enc = model.encode([text])
         seen = []
-        handles = [
-            m.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0]))
-            for m in outs
-        ]
-        try:
-            with torch.enable_grad():
-                logits = pr.head.class_logits(model, enc, pr.prompt, embeds_require_grad=True)
-                grads = torch.autograd.grad(logits[0, y], seen)
-        finally:
-            for h in handles:
-                h.remove()
+        grads = gold_grads(model, pr, enc, y, outs, lambda m, a, seen=seen: seen.append(a[0]), seen)
         lo, hi = input_span(model, pr, enc)
         for total, a, g in zip(totals, seen, grads, strict=True):
             total += (a[0] * g[0]).abs()[lo:hi].double().mean(0)
