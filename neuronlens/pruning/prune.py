@@ -238,7 +238,7 @@ def prune_model(
             slice_heads(hf, stacks[site.stack], site.layer, idx, model.head_dim)
         else:
             slice_site(hf, stacks[site.stack], site.layer, idx.to(model.device))
-    set_config_width(hf.config, {k: v for k, v in record.widths.items() if k in model_ffn(model)})
+    set_config_width(hf.config, {k: v for k, v in record.widths.items() if k in _ffn_names(model)})
     with torch.no_grad():
         pruned = load_model(
             hf,
@@ -253,6 +253,8 @@ def prune_model(
 
 def prunable_sites(model: NeuronModel) -> tuple:
     """The FFN sites, and the whole-head sites of stacks whose heads can be removed."""
+    if all(isinstance(st.attention, str) for st in model.stacks):
+        return model.sites
     heads = [s for s in model.attention_sites("heads") if _removable(model, s)]
     return model.sites + tuple(heads)
 
@@ -262,7 +264,7 @@ def _removable(model: NeuronModel, site) -> bool:
     return not isinstance(stack.attention, str)
 
 
-def model_ffn(model: NeuronModel) -> set[str]:
+def _ffn_names(model: NeuronModel) -> set[str]:
     return {s.name for s in model.sites}
 
 
