@@ -19,13 +19,10 @@ import neuronlens.checks as checks
 from neuronlens.errors import NeuronLensError
 from neuronlens.models.loading import load_model
 from neuronlens.models.model import NeuronModel
-from neuronlens.prompts.heads import make_head
+from neuronlens.prompts.heads import make_head, promptless_readout
 from neuronlens.prompts.results import PromptResult
 from neuronlens.prompts.tuning import TrainingSettings, run_training, training_splits
 from neuronlens.pruning.surgery import plain_hf_model
-
-#: readouts that need no soft prompt, for ``readout="auto"`` (a fine-tuned model has none)
-_NO_PROMPT = {"masked_lm": "mask", "causal_lm": "last", "encoder_decoder": "prompt"}
 
 
 def copy_model(model: NeuronModel, name: str | None = None) -> NeuronModel:
@@ -74,8 +71,7 @@ def fine_tune(
     s = TrainingSettings.of(settings, **training)
     task, train, validation = training_splits(task, train, validation, data_dir, s.val_limit)
     tuned = copy_model(model, name or f"{model.name} fine-tuned on {task.name}")
-    if readout == "auto" and head != "linear" and tuned.kind.value in _NO_PROMPT:
-        readout = _NO_PROMPT[tuned.kind.value]
+    readout = promptless_readout(tuned, head, readout)  # a fine-tuned model has no prompt
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # linear-head initialisation
         hd = make_head(tuned, head, task, readout).to(tuned.device)

@@ -322,6 +322,25 @@ def label_word_id(model: NeuronModel, word: str) -> int:
     )
 
 
+#: where a head reads the answer when there is no soft prompt, by model kind
+PROMPTLESS_READOUT = {
+    "masked_lm": "mask",
+    "causal_lm": "last",
+    "encoder_decoder": "prompt",  # T5's first decoder step
+    "encoder": "pool",
+}
+
+
+def promptless_readout(model: NeuronModel, head: str | Head, readout: str) -> str:
+    """``readout="auto"`` for a head with no soft prompt to read at (prefix tuning,
+    fine-tuning): the mask, the last token, T5's first decoder step, or the pooled input for
+    a linear head. A given readout, or a ready :class:`Head`, is left as it is."""
+    if readout != "auto" or isinstance(head, Head):
+        return readout
+    kind = "encoder" if head == "linear" else model.kind.value
+    return PROMPTLESS_READOUT.get(kind, readout)
+
+
 def make_head(model: NeuronModel, head: str | Head, task, readout: str = "auto") -> Head:
     """``"auto"`` (verbalizer when the model has a trained LM head, else linear),
     ``"verbalizer"``, ``"linear"``, or a ready :class:`Head` (whose readout must then agree

@@ -26,7 +26,13 @@ from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchErro
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.prefix import T5_REASON, Prefix, prefix_cache
 from neuronlens.progress import tqdm
-from neuronlens.prompts.heads import Head, class_logits, encode_task, make_head
+from neuronlens.prompts.heads import (
+    Head,
+    class_logits,
+    encode_task,
+    make_head,
+    promptless_readout,
+)
 from neuronlens.prompts.reparam import PrefixEncoder, PromptEncoder, encoder_params
 from neuronlens.prompts.results import DEFAULT_TOKENS, PromptResult, init_prompt
 from neuronlens.tasks import get_task
@@ -420,8 +426,6 @@ def tune_prompt(
 
 
 METHODS = ("prompt", "p-tuning", "prefix")
-#: readouts that need no soft-prompt position, for a prefix (keys and values only)
-_NO_PROMPT = {"masked_lm": "mask", "causal_lm": "last", "encoder": "pool"}
 
 
 def _readout(method: str, model, head, readout: str) -> str:
@@ -432,10 +436,7 @@ def _readout(method: str, model, head, readout: str) -> str:
             "a prefix adds keys and values, no sequence positions, so there is no soft-prompt "
             "position to read the answer at: use readout='mask', 'last' or 'pool'"
         )
-    if readout == "auto" and not isinstance(head, Head):
-        kind = "encoder" if head == "linear" else model.kind.value
-        return _NO_PROMPT.get(kind, readout)
-    return readout
+    return promptless_readout(model, head, readout)  # keys and values only: no prompt
 
 
 def _prefix_setup(model, init, n_tokens: int, seed: int, hidden: int | None):
