@@ -13,6 +13,7 @@ Models: a BERT-base-sized random model (12 x 768 x 3072), all-MiniLM-L6-v2 and S
     python benchmarks/bench_pruning.py [--repeats 5] [--models bert-base minilm smollm2]
         [--batch 1 8 64 --length 32 64 256 512]      # SKELETON's speed grid
         [--modules heads]                            # whole attention heads instead
+        [--bridge-only]                              # no plain Hugging Face timings
 
 The last line printed is one JSON object (target: measured speed-up >= 0.95 x ceiling).
 """
@@ -75,7 +76,14 @@ def random_keep(model: nl.NeuronModel, removed: float, seed: int = 0) -> NeuronS
 
 
 def bench(
-    model, variants: dict, repeats: int, batch: int, length: int, n_prompt: int, modules: str
+    model,
+    variants: dict,
+    repeats: int,
+    batch: int,
+    length: int,
+    n_prompt: int,
+    modules: str,
+    plain_too: bool = True,
 ) -> dict:
     enc = random_batch(model, batch, length)
     prompt = init_prompt(model, n_prompt)
@@ -87,7 +95,8 @@ def bench(
         if types is not None:
             kw["token_type_ids"] = types
         runs[(removed, "bridge")] = lambda m=m: m.hidden_states(enc, prompt=prompt)
-        runs[(removed, "plain")] = lambda plain=plain, kw=kw: plain(**kw)
+        if plain_too:
+            runs[(removed, "plain")] = lambda plain=plain, kw=kw: plain(**kw)
     with torch.no_grad():
         for fn in runs.values():
             fn()
@@ -109,30 +118,33 @@ def bench(
             heads_kept_ratio=pruned.heads_kept_ratio,
         )
         sp_bridge = med[(0.0, "bridge")] / med[(removed, "bridge")]
-        sp_plain = med[(0.0, "plain")] / med[(removed, "plain")]
-        rows.append(
-            {
-                "removed": removed,
-                "heads_kept": round(pruned.heads_kept_ratio, 3),
-                "flop_ceiling": round(ceiling, 3),
-                "speedup_bridge": round(sp_bridge, 3),
+        row = {
+            "removed": removed,
+            "heads_kept": round(pruned.heads_kept_ratio, 3),
+            "flop_ceiling": round(ceiling, 3),
+            "speedup_bridge": round(sp_bridge, 3),
+            "bridge_of_ceiling": round(sp_bridge / ceiling, 3),
+        }
+        if plain_too:
+            sp_plain = med[(0.0, "plain")] / med[(removed, "plain")]
+            row |= {
                 "speedup_plain_hf": round(sp_plain, 3),
-                "bridge_of_ceiling": round(sp_bridge / ceiling, 3),
                 "plain_of_ceiling": round(sp_plain / ceiling, 3),
                 "bridge_over_plain_time": round(
                     med[(removed, "bridge")] / med[(removed, "plain")], 3
                 ),
             }
-        )
+        rows.append(row)
     out = {
         "model": model.name,
         "modules": modules,
         "batch": [batch, length + n_prompt],
         "unpruned_bridge_s": round(med[(0.0, "bridge")], 4),
-        "unpruned_plain_s": round(med[(0.0, "plain")], 4),
-        "unpruned_bridge_over_plain": round(med[(0.0, "bridge")] / med[(0.0, "plain")], 3),
         "pruned": rows,
     }
+    if plain_too:
+        out["unpruned_plain_s"] = round(med[(0.0, "plain")], 4)
+        out["unpruned_bridge_over_plain"] = round(med[(0.0, "bridge")] / med[(0.0, "plain")], 3)
     print(json.dumps(out), flush=True)
     return out
 
@@ -151,6 +163,9 @@ def main() -> None:
     ap.add_argument("--length", type=int, nargs="+", default=[128], help="input tokens")
     ap.add_argument("--prompt", type=int, default=20)
     ap.add_argument("--modules", choices=["ffn", "heads"], default="ffn", help="what is removed")
+    ap.add_argument(
+        "--bridge-only", action="store_true", help="skip the plain Hugging Face timings"
+    )
     args = ap.parse_args()
     choose = random_keep if args.modules == "ffn" else random_heads
     torch.manual_seed(0)
@@ -165,7 +180,16 @@ def main() -> None:
         for batch in args.batch:  # the SKELETON speed grid: batch sizes x token counts
             for length in args.length:
                 results.append(
-                    bench(model, variants, args.repeats, batch, length, args.prompt, args.modules)
+                    bench(
+                        model,
+                        variants,
+                        args.repeats,
+                        batch,
+                        length,
+                        args.prompt,
+                        args.modules,
+                        plain_too=not args.bridge_only,
+                    )
                 )
     print(
         json.dumps(

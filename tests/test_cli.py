@@ -156,7 +156,14 @@ def test_study_validation_choice():
     with pytest.raises(ConfigError, match="prune_keep"):
         StudyConfig(model="tiny:bert", task="phrase_words", prune_keep=2.0)
     cfg = StudyConfig(model="tiny:bert", task="cli_words", validation="auto")
-    assert study_data(cfg, get_task("cli_words"))[1:] == (False, "none")  # no validation split
+    train, val, how = study_data(cfg, get_task("cli_words"))  # no validation split:
+    assert how == "split off train" and len(val) > 0  # rows split off train, disjoint
+    assert not set(zip(val.texts, val.labels, strict=True)) & set(
+        zip(train.texts, train.labels, strict=True)
+    )
+    cfg.validation = "none"
+    assert study_data(cfg, get_task("cli_words"))[1:] == (False, "none")
+    cfg.validation = "auto"
     cfg.validation = "split"
     with pytest.raises(ConfigError, match="no validation split"):
         study_data(cfg, get_task("cli_words"))

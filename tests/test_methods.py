@@ -170,6 +170,24 @@ def test_p_tuning_trains_an_ordinary_prompt_through_an_encoder():
     assert torch.equal(res.prompt, again.prompt)  # seeded, encoder included
 
 
+def test_each_method_trains_with_its_own_default_learning_rate():
+    from neuronlens.prompts.tuning import DEFAULT_LR
+
+    model = nl.load_model(tiny_hf_model("bert", seed=3), tiny_tokenizer(), name="tiny-bert")
+    task = word_task(n=40)
+    kw = dict(train=task.load("train"), validation=False, n_tokens=2, max_steps=4, seed=0,
+              progress=False)  # fmt: skip
+    assert DEFAULT_LR == {"prompt": 3e-2, "p-tuning": 3e-2, "prefix": 1e-3}
+    for method, other in (("prefix", 3e-2), ("prompt", 1e-3)):
+        default = tune_prompt(model, task, method=method, **kw)
+        same = tune_prompt(model, task, method=method, lr=DEFAULT_LR[method], **kw)
+        moved = tune_prompt(model, task, method=method, lr=other, **kw)
+        a, b, c = (getattr(r.prompt, "kv", r.prompt) for r in (default, same, moved))
+        assert torch.equal(a, b) and not torch.allclose(a, c)
+    with pytest.raises(NeuronLensError, match="lr must be"):
+        tune_prompt(model, task, lr=-1.0, **kw)
+
+
 def test_training_stops_once_the_loss_has_converged():
     model = nl.load_model(tiny_hf_model("bert", seed=3), tiny_tokenizer(), name="tiny-bert")
     task = word_task(n=80)

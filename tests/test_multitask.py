@@ -1,13 +1,15 @@
-"""The robustness paper's multi-task study as one command, on two tiny tasks (one with an
-adversarial counterpart, one whose single split is divided into train and eval)."""
+"""The robustness paper's multi-task study as one command, on the built-in toy task (with an
+adversarial counterpart: harder toy sentences, the same label space) and one tiny word task
+whose single split is divided into train and eval."""
 
 import json
+import statistics
 
 import pytest
 
 from neuronlens.cli import main
 from neuronlens.study import ConfigError, MultiTaskConfig, load_config, run_multitask_study
-from neuronlens.tasks import Task, register_task
+from neuronlens.tasks import Task, generate_toy_sentiment, get_task, register_task
 
 from .probe_fixtures import word_task
 
@@ -23,9 +25,9 @@ random_repeats = 2
 cross_percent = 10
 
 [[tasks]]
-name = "mt_words"
-eval_split = "dev"
-adversarial = "mt_words_adv"
+name = "toy_sentiment"
+eval_split = "test"
+adversarial = "mt_toy_adv"
 
 [[tasks]]
 name = "mt_other"
@@ -36,10 +38,13 @@ train_split = "dev"
 
 @pytest.fixture(scope="module", autouse=True)
 def _tasks():
-    clean = word_task(n=60, name="mt_words")
-    register_task(clean, replace=True)
-    shifted = word_task(n=60, seed=5, name="mt_words_adv")  # the same label space
-    register_task(shifted, replace=True)
+    toy = get_task("toy_sentiment")  # built in
+    adv = Task.from_lists(  # mostly negated sentences: toy's labels, template, label space
+        "mt_toy_adv", label_names=toy.label_names, template=toy.template,
+        verbalizer=toy.verbalizer, label_space=toy.label_space,
+        splits={"dev": generate_toy_sentiment(60, seed=77, negation_rate=0.6)},
+    )  # fmt: skip
+    register_task(adv, replace=True)
     other = word_task(n=120, seed=9, name="mt_other")
     single = Task.from_lists(
         "mt_other", label_names=other.label_names, template=other.template,
@@ -54,7 +59,7 @@ def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
     cfg_path.write_text(CONFIG)
     cfg = load_config(cfg_path)
     assert isinstance(cfg, MultiTaskConfig) and [t.name for t in cfg.tasks] == [
-        "mt_words",
+        "toy_sentiment",
         "mt_other",
     ]
     out = tmp_path / "out"
@@ -63,18 +68,23 @@ def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
     s = summary["models"]["tiny:bert"]
     acc = s["accuracy"]
     assert (
-        len(acc["mt_words"]["clean"]["seeds"]) == 2 and acc["mt_words"]["adversarial"] is not None
+        len(acc["toy_sentiment"]["clean"]["seeds"]) == 2
+        and acc["toy_sentiment"]["adversarial"] is not None
     )
     assert acc["mt_other"]["adversarial"] is None
+    seeds = acc["toy_sentiment"]["clean"]["seeds"]  # the sample sd over seeds
+    assert acc["toy_sentiment"]["clean"]["std"] == pytest.approx(statistics.stdev(seeds))
     assert s["data"]["mt_other"]["divided"] == "dev"  # one split, divided into train and eval
     d = s["data"]["mt_other"]
     assert d["n_eval"] == 20 and d["n_train"] + d["n_val"] + d["n_eval"] <= 120
-    assert "mt_words" in s["rho_clean_adversarial"]
-    assert set(s["transfer"]["absolute"]["mt_words"]) == {"mt_words", "mt_words_adv", "mt_other"}
-    assert s["specificity"]["names"] == ["mt_words", "mt_words_adv", "mt_other"]
+    assert "toy_sentiment" in s["rho_clean_adversarial"]
+    transfer = s["transfer"]["absolute"]  # within each label space only
+    assert set(transfer["toy_sentiment"]) == {"toy_sentiment", "mt_toy_adv"}
+    assert set(transfer["mt_other"]) == {"mt_other"}
+    assert s["specificity"]["names"] == ["toy_sentiment", "mt_toy_adv", "mt_other"]
     assert [r["percent"] for r in s["suppression"]["mt_other"]] == [0, 10]
-    assert set(s["cross"]) == {"mt_words"}
-    assert set(s["cross"]["mt_words"]) == {"none", "mt_words", "mt_words_adv", "random"}
+    assert set(s["cross"]) == {"toy_sentiment"}
+    assert set(s["cross"]["toy_sentiment"]) == {"none", "toy_sentiment", "mt_toy_adv", "random"}
     html = (out / "report.html").read_text()
     assert html.count("Plotly.newPlot") >= 8 and "accuracy by dataset and model" in html
     # resumed: every step reused, the same numbers
@@ -88,7 +98,7 @@ def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
         MultiTaskConfig(**{**_raw(cfg), "suppression_percents": [0, 5]}), out, log=lambda *_: None
     )["models"]["tiny:bert"]["steps"]
     assert [n for n, st in changed.items() if not st["loaded"]] == [
-        "suppression/mt_words",
+        "suppression/toy_sentiment",
         "suppression/mt_other",
     ]
 
@@ -102,7 +112,7 @@ def _raw(cfg: MultiTaskConfig) -> dict:
 @pytest.mark.parametrize(
     "extra,field",
     [
-        ('\n[[tasks]]\nname = "mt_words"\n', "distinct"),
+        ('\n[[tasks]]\nname = "toy_sentiment"\n', "distinct"),
         ('\n[[tasks]]\nnam = "x"\n', "needs 'name'"),
         ("\ncross_percent = 0\n", "cross_percent"),
     ],

@@ -189,8 +189,9 @@ class SuppressionCurve(_Table):
     ablation: str = "zeroed"
 
     def gaps(self) -> list[float]:
-        """Per level: (random mean - top) in random standard deviations (``inf`` when the
-        random controls do not spread and top is lower; ``nan`` at equal values)."""
+        """Per level: (random mean - top) in random standard deviations (the population sd
+        of the random controls, numpy's default; ``inf`` when they do not spread and top is
+        lower; ``nan`` at equal values)."""
         out = []
         for t, r in zip(self.top, self.random, strict=True):
             diff, sd = float(np.mean(r)) - t, float(np.std(r))

@@ -17,15 +17,26 @@ SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>")
 FAMILIES = ("bert", "roberta", "t5", "t5-gated", "gpt2", "llama")
 
 
-def tiny_tokenizer(n_words: int = 57) -> transformers.PreTrainedTokenizerFast:
+def tiny_tokenizer(
+    n_words: int = 57, extra_words: tuple[str, ...] = ()
+) -> transformers.PreTrainedTokenizerFast:
     """A word-level tokenizer over ``w0 ... w{n_words-1}`` and the special tokens.
 
     Pads with ``[PAD]`` (id 0), masks with ``[MASK]``, wraps single texts as
-    ``[CLS] ... [SEP]`` like BERT.
+    ``[CLS] ... [SEP]`` like BERT. ``extra_words`` (lower case) are added after them; with
+    any, texts are lower-cased and punctuation is split off words (``"Dull."`` -> ``dull``,
+    ``.``), so a real-word task such as ``toy_sentiment`` tokenizes without unknowns.
     """
-    vocab = {w: i for i, w in enumerate(SPECIAL + tuple(f"w{i}" for i in range(n_words)))}
+    words = SPECIAL + tuple(f"w{i}" for i in range(n_words))
+    words += tuple(w for w in dict.fromkeys(extra_words) if w not in words)
+    vocab = {w: i for i, w in enumerate(words)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if extra_words:
+        from tokenizers import normalizers
+
+        tk.normalizer = normalizers.Lowercase()
+        tk.pre_tokenizer = pre_tokenizers.Whitespace()
     from tokenizers.processors import TemplateProcessing
 
     tk.post_processor = TemplateProcessing(

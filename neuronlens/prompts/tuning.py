@@ -45,7 +45,11 @@ class TrainingSettings:
     Attributes:
         epochs, max_steps: training length (``max_steps`` wins when given).
         batch_size: examples per step.
-        lr, head_lr: AdamW learning rates of the prompt and of a trained head.
+        lr, head_lr: AdamW learning rates of the prompt (or of the prefix / P-tuning
+            encoder) and of a trained head. ``lr=None``: the method's own default
+            (:data:`DEFAULT_LR`: 3e-2 for prompt tuning and P-tuning, 1e-3 for prefix
+            tuning, whose MLP-made keys and values stall at chance with 3e-2 on MiniLM /
+            SST-2, see ``docs/results.md`` section 7).
         weight_decay: AdamW weight decay.
         schedule, warmup_steps: ``"constant"`` learning rates, or ``"linear"``: decay to 0
             over the training steps; either after a linear warm-up of ``warmup_steps``.
@@ -67,7 +71,7 @@ class TrainingSettings:
     epochs: float = 1.0
     max_steps: int | None = None
     batch_size: int = 16
-    lr: float = 3e-2
+    lr: float | None = None
     head_lr: float = 1e-2
     weight_decay: float = 1e-5
     schedule: str = "constant"
@@ -86,6 +90,8 @@ class TrainingSettings:
         _check_counts(self)
         for name in ("lr", "head_lr", "weight_decay"):
             value = getattr(self, name)
+            if name == "lr" and value is None:  # the method's default
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise NeuronLensError(f"{name} must be a number >= 0, got {value!r}")
         if self.schedule not in ("constant", "linear"):
@@ -409,6 +415,8 @@ def tune_prompt(
     if method not in METHODS:
         raise NeuronLensError(f"method must be one of {METHODS}, got {method!r}")
     s = TrainingSettings.of(settings, **training)
+    if s.lr is None:
+        s = replace(s, lr=DEFAULT_LR[method])
     task, train, validation = training_splits(task, train, validation, data_dir, s.val_limit)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # head and encoder initialisation
@@ -426,6 +434,8 @@ def tune_prompt(
 
 
 METHODS = ("prompt", "p-tuning", "prefix")
+#: the learning rate each method trains with when ``lr`` is not given
+DEFAULT_LR = {"prompt": 3e-2, "p-tuning": 3e-2, "prefix": 1e-3}
 
 
 def _readout(method: str, model, head, readout: str) -> str:

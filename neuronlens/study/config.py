@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.prompts.tuning import TrainingSettings
+from neuronlens.prompts.tuning import DEFAULT_LR, TrainingSettings
 
-VALIDATION = ("auto", "split", "sentences", "none")
+VALIDATION = ("auto", "split", "sentences", "train", "none")
 READOUTS = ("auto", "prompt", "mask", "last", "pool")
 ABLATIONS = ("zero", "mean", "noise")
 POSITIONS = ("auto", "prompt", "answer", "pooled")
@@ -127,7 +127,7 @@ class _Settings:
     readout: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: float = TrainingSettings.epochs
-    lr: float = TrainingSettings.lr
+    lr: float = DEFAULT_LR["prompt"]  # the study tunes soft prompts
     head_lr: float = TrainingSettings.head_lr
     batch_size: int = TrainingSettings.batch_size
     positions: str = "auto"

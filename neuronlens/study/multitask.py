@@ -3,7 +3,7 @@
 For each model of a :class:`~neuronlens.study.config.MultiTaskConfig`:
 
 1. a prompt per task and seed;
-2. accuracy on each task's eval split and on its adversarial counterpart, mean ± std over
+2. accuracy on each task's eval split and on its adversarial counterpart, mean ± sample sd over
    the seeds (the paper's Table 1);
 3. predictivity per task, and on the adversarial set with the clean train baselines, and the
    Spearman rho of the two maps;
@@ -314,11 +314,16 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
+def _sd(values) -> float:
+    """The sample standard deviation over seeds (0 for one seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _model_summary(run: MultiRun) -> dict:
     r = run.results
     acc = {}
     for name, v in r["accuracy"].items():
-        acc[name] = {k: None if s is None else {"mean": float(np.mean(s)), "std": float(np.std(s)),
+        acc[name] = {k: None if s is None else {"mean": float(np.mean(s)), "std": _sd(s),
                                                 "seeds": s} for k, s in v.items()}  # fmt: skip
     preds, rho = {}, {}
     for name in run.tasks:

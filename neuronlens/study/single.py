@@ -19,9 +19,10 @@ Config (TOML; every field optional except ``model`` and ``task``)::
     train_size = 1000           # examples used for tuning and baselines
     validation = "auto"         # early stopping: "split" (the task's validation split),
                                 # "sentences" (whole sentences split off train, see
-                                # sentence_disjoint_split), "none"; "auto": "sentences" for
-                                # tasks whose train holds phrases of its sentences (SST-2),
-                                # else "split" when the task has one, else "none"
+                                # sentence_disjoint_split), "train" (rows split off train),
+                                # "none"; "auto": "sentences" for tasks whose train holds
+                                # phrases of its sentences (SST-2), else "split" when the
+                                # task has one, else "train"
     eval_split = "dev"
     eval_size = 400
     n_tokens = 20
@@ -70,6 +71,7 @@ from neuronlens.study.config import MAX_VAL, VALIDATION, ConfigError, StudyConfi
 from neuronlens.study.report import write_report
 from neuronlens.study.steps import Step, data_id, model_id, remove_stale, run_steps
 from neuronlens.tasks import get_task, sentence_disjoint_split
+from neuronlens.tasks.synthetic import toy_vocabulary
 
 
 def load_study_model(name: str):
@@ -78,9 +80,9 @@ def load_study_model(name: str):
     if name == "smollm2":
         return load_smollm2()
     if name.startswith("tiny:"):  # tiny random model for quick checks, e.g. "tiny:bert"
-        return load_model(
-            tiny_hf_model(name[5:], d_model=32, heads=4, d_mlp=48), tiny_tokenizer(), name=name
-        )
+        tok = tiny_tokenizer(extra_words=toy_vocabulary())  # also runs the built-in toy task
+        hf = tiny_hf_model(name[5:], d_model=32, heads=4, d_mlp=48, vocab=len(tok))
+        return load_model(hf, tok, name=name)
     return load_model(name)
 
 
@@ -89,7 +91,8 @@ def study_data(cfg: StudyConfig, task, eval_split: str | None = None) -> tuple:
 
     ``validation`` is ``False`` for none; ``how`` says where it came from (``"split"``,
     ``"sentences"``, ``"split off train"`` or ``"none"``, ``cfg.validation`` with ``"auto"``
-    resolved). With ``"sentences"`` the validation sentences and their phrases are removed
+    resolved; ``"train"`` and a task without a validation split under ``"auto"`` give
+    ``"split off train"``). With ``"sentences"`` the validation sentences and their phrases are removed
     from the training data before ``train_size`` examples are drawn. When the task's
     validation split is the evaluation split itself (GLUE tasks whose dev set is both),
     validation is split off train instead, so early stopping never sees the test data.
@@ -99,7 +102,7 @@ def study_data(cfg: StudyConfig, task, eval_split: str | None = None) -> tuple:
         if task.train_has_phrases:
             how = "sentences"
         else:
-            how = "split" if "validation" in task.splits else "none"
+            how = "split" if "validation" in task.splits else "train"
     if how == "split" and "validation" not in task.splits:
         raise ConfigError(
             f"validation = 'split', but task {task.name!r} has no validation split "
@@ -109,8 +112,9 @@ def study_data(cfg: StudyConfig, task, eval_split: str | None = None) -> tuple:
     full = task.load("train", data_dir=cfg.data_dir)
     if how == "sentences":
         full, val = sentence_disjoint_split(full, n_val, seed=0)
-    elif how == "split" and task.splits["validation"] is task.splits.get(
-        eval_split or cfg.eval_split
+    elif how == "train" or (
+        how == "split"
+        and task.splits["validation"] is task.splits.get(eval_split or cfg.eval_split)
     ):
         full, val = full.split_off(min(n_val, len(full) // 4), seed=0)
         how = "split off train"

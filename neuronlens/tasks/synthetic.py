@@ -10,6 +10,7 @@ positive), so the task is not pure word spotting but stays easy to learn. Labels
 from __future__ import annotations
 
 import random
+import re
 
 from neuronlens.errors import DataError
 from neuronlens.tasks.task import Task
@@ -69,6 +70,19 @@ NEGATED_FRAMES = (
     "{opener}I did not find the {noun} {adj}.",
 )
 
+TEMPLATE = "{text} It was {mask}."
+
+
+def toy_vocabulary() -> tuple[str, ...]:
+    """Every word and punctuation mark a toy sentence can hold (lower case, sorted), e.g.
+    for a word-level tokenizer of a tiny model (``tiny:bert`` in a study)."""
+    parts = POSITIVE + NEGATIVE + NOUNS + OPENERS + FRAMES + NEGATED_FRAMES
+    parts += (TEMPLATE, "negative positive")  # the template and the label words
+    words = set()
+    for part in parts:
+        words.update(re.findall(r"\w+|[^\w\s]", re.sub(r"\{\w+\}", " ", part).lower()))
+    return tuple(sorted(words))
+
 
 def generate_toy_sentiment(
     n: int, seed: int = 0, negation_rate: float = 0.1
@@ -115,7 +129,7 @@ def toy_sentiment_task(
     return Task.from_lists(
         name,
         label_names=("negative", "positive"),
-        template="{text} It was {mask}.",
+        template=TEMPLATE,
         verbalizer=("negative", "positive"),
         splits=splits,
         label_space="sentiment2",
