@@ -111,6 +111,12 @@ def acc(model, res, data) -> float:
     return round(100.0 * evaluate(model, res, data, max_length=128).accuracy, 2)
 
 
+def retrain_kwargs(args) -> dict:
+    """Prompt re-training after a prune (SKELETON, the selection and module comparisons)."""
+    return {"max_steps": args.retrain, "lr": 1e-2, "head_lr": 1e-3, "batch_size": 16,
+            "max_length": 128}  # fmt: skip
+
+
 def train_kwargs(args, name: str) -> dict:
     return {"max_steps": args.steps, "batch_size": 16, "max_length": 128, "progress": False}
 
@@ -189,13 +195,7 @@ def pruned_row(model, res, search, evald) -> dict:
 
 def run_searches(model, task, data, prompts, store: Store, args, trial: int) -> None:
     train, val, evald = data
-    retrain = {
-        "max_steps": args.retrain,
-        "lr": 1e-2,
-        "head_lr": 1e-3,
-        "batch_size": 16,
-        "max_length": 128,
-    }
+    retrain = retrain_kwargs(args)
     key = f"{task.name}/skeleton-{trial}"
     if store.get(key) is None:
         t0 = time.perf_counter()
@@ -242,13 +242,7 @@ def run_selection(model, task, data, prompt, store: Store, args, trial: int) -> 
     key = f"{task.name}/selection-{trial}"
     if store.get(key) is not None:
         return
-    retrain = {
-        "max_steps": args.retrain,
-        "lr": 1e-2,
-        "head_lr": 1e-3,
-        "batch_size": 16,
-        "max_length": 128,
-    }
+    retrain = retrain_kwargs(args)
     rows = {}
     for method in SELECTION:
         scores = attribute(
@@ -270,13 +264,7 @@ def run_modules(model, task, data, prompt, store: Store, args) -> None:
     key = f"{task.name}/modules-0"
     if store.get(key) is not None:
         return
-    retrain = {
-        "max_steps": args.retrain,
-        "lr": 1e-2,
-        "head_lr": 1e-3,
-        "batch_size": 16,
-        "max_length": 128,
-    }
+    retrain = retrain_kwargs(args)
     ffn = attribute(model, prompt, task, train, n=20, seed=0, progress=False)
     heads = attribute(model, prompt, task, train, n=20, seed=0, modules="heads", progress=False)
     rows = {}

@@ -134,3 +134,35 @@ def test_an_adversarial_set_of_another_label_space_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="label space"):
         run_multitask_study(cfg, tmp_path / "o", log=lambda *_: None)
+
+
+def test_an_interrupted_prompt_step_keeps_its_finished_seeds(tmp_path, monkeypatch):
+    import neuronlens.study.multitask as mt
+
+    cfg = load_config(_write(tmp_path, CONFIG))
+    out = tmp_path / "out"
+    run_multitask_study(cfg, out, log=lambda *_: None)
+    # as if killed while tuning seed 1: the step's key and seed 1's files are not there
+    model_dir = next(p for p in out.iterdir() if (p / "steps").is_dir())
+    (model_dir / "steps" / "prompts--toy_sentiment.json").unlink()
+    for f in (model_dir / "prompts" / "toy_sentiment").glob("seed1*"):
+        f.unlink()
+    calls = []
+    real = mt.tune_prompt
+    monkeypatch.setattr(mt, "tune_prompt", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    logged = []
+    again = run_multitask_study(cfg, out, log=logged.append)["models"]["tiny:bert"]
+    assert calls == [1]  # seed 0 reused, seed 1 tuned again, the other task's step loaded
+    assert any("seed 0: reused" in line for line in logged)
+    assert not again["steps"]["prompts/toy_sentiment"]["loaded"]
+    # another input (here epochs): no seed is reused
+    (model_dir / "steps" / "prompts--toy_sentiment.json").unlink()
+    calls.clear()
+    run_multitask_study(MultiTaskConfig(**{**_raw(cfg), "epochs": 2.0}), out, log=lambda *_: None)
+    assert calls[:2] == [0, 1]
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "multi.toml"
+    path.write_text(text)
+    return path

@@ -105,6 +105,7 @@ class MultiRun:
     log: object = print
     results: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
+    step_key: dict = field(default_factory=dict)  # the key of the step being computed
 
 
 _DATA = ("data_dir", "train_size", "validation", "eval_size")
@@ -122,14 +123,26 @@ def _prompt_steps(name: str) -> Step:
         return [PromptResult.load(p, run.model) for p in paths]
 
     def compute(run):
+        """Tune each seed's prompt; a seed finished by an interrupted run with the same key
+        (every input but the list of seeds) is loaded instead."""
         ts = run.tasks[name]
+        key = dict(run.step_key, config={k: v for k, v in run.step_key["config"].items()
+                                         if k != "seeds"})  # fmt: skip
         prompts = []
         for seed in run.cfg.seeds:
+            done = path(run, seed).with_suffix(".key.json")
+            if done.is_file() and json.loads(done.read_text()) == json.loads(
+                json.dumps(key, default=str)
+            ):
+                prompts.append(PromptResult.load(path(run, seed), run.model))
+                run.log(f"[prompts/{name}] seed {seed}: reused (finished earlier, same inputs)")
+                continue
             tuned = tune_prompt(
                 run.model, ts.task, train=ts.train, validation=ts.val, readout=run.cfg.readout,
                 n_tokens=run.cfg.n_tokens, settings=run.cfg.training(), seed=seed,
             )  # fmt: skip
             tuned.save(path(run, seed))
+            write_text_atomic(done, json.dumps(key, default=str))  # after the prompt's files
             prompts.append(tuned)
         return prompts
 
@@ -373,7 +386,7 @@ def _sections(name: str, run: MultiRun, summary: dict) -> list:
     rho_rows = [{"task": t, "spearman clean vs adversarial": v}
                 for t, v in summary["rho_clean_adversarial"].items()]  # fmt: skip
     sections = [
-        (f"{name}: accuracy (mean ± std over seeds)", acc_rows),
+        (f"{name}: accuracy (mean ± sd over seeds)", acc_rows),
         (f"{name}: predictivity and neuron accuracy", distributions(scores, model_acc).figure()),
         (f"{name}: clean vs adversarial predictivity", rho_rows or "no adversarial set"),
         (f"{name}: prompt transferability", r["transfer"].figure()),
@@ -419,7 +432,7 @@ def run_multitask_study(
 
 
 def _overview(summary: dict) -> list[dict]:
-    """Rows: dataset (clean and adversarial) x model, accuracy mean ± std."""
+    """Rows: dataset (clean and adversarial) x model, accuracy mean ± sample sd."""
     rows: dict[str, dict] = {}
     for model, s in summary["models"].items():
         for task, v in s["accuracy"].items():

@@ -158,6 +158,7 @@ class StudyRun:
     log: Callable[[str], None] = print
     results: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)
+    step_key: dict = field(default_factory=dict)  # the key of the step being computed
 
 
 def _readout(run: StudyRun) -> str:

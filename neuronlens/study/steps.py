@@ -107,6 +107,7 @@ def run_step(run, step: Step, key: dict, resume: bool):
             if value is not None:
                 return value, True, None
             why = "saved result missing or unreadable"
+    run.step_key = key  # for steps that keep finished parts of themselves (prompt seeds)
     value = step.compute(run)
     write_text_atomic(key_file, json.dumps(key, indent=2, sort_keys=True, default=str))
     return value, False, why
