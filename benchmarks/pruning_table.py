@@ -189,7 +189,8 @@ def pruned_row(model, res, search, evald) -> dict:
         "base_accuracy": acc(model, res, evald),
         "flop_ceiling": round(flop_ceiling(model, search.kept_ratio, 148), 3),
         "history": search.rows(),
-        "kept": search.model.pruning.kept,
+        # None: nothing could go within psi, the search returned the unpruned model
+        "kept": getattr(getattr(search.model, "pruning", None), "kept", None),
     }
 
 
@@ -361,7 +362,7 @@ def speed(args) -> None:
     found = {}
     for p in sorted(out.glob("*/*.json")):
         r = json.loads(p.read_text())
-        if "kept" in r:  # a search's pruned model
+        if r.get("kept") is not None:  # a search's pruned model
             found[f"{p.parent.name}/{p.stem}"] = r["kept"]
         if p.stem.startswith("modules-"):  # the module comparison's three pruned models
             for name, row in r["rows"].items():

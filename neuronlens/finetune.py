@@ -33,8 +33,7 @@ def copy_model(model: NeuronModel, name: str | None = None) -> NeuronModel:
             hf, model.tokenizer, device=model.device, name=name or model.name,
             has_lm_head=model.has_lm_head,
         )  # fmt: skip
-    if hasattr(model, "pruning"):
-        copy.pruning = model.pruning
+    copy.pruning = model.pruning
     return copy
 
 

@@ -84,7 +84,7 @@ def test_pruned_equals_zeroed(family):
         _logits(pruned, batch, prompt), _zeroed(model, removed, batch, prompt), atol=ATOL, rtol=0
     )
     # the original is untouched and shares no storage with the pruned model
-    assert not hasattr(model, "pruning")
+    assert model.pruning is None
     assert [s.width for s in model.sites] == [24] * len(model.sites)
     torch.testing.assert_close(_logits(model, batch), before, atol=0, rtol=0)
     torch.testing.assert_close(_logits(model, batch, prompt), before_p, atol=0, rtol=0)
@@ -343,7 +343,7 @@ def test_bad_input(tiny_bert):
         prune_model(model, NeuronSet({"blocks.0": torch.arange(3)}, {"blocks.0": 30}))
     with pytest.raises(SiteError):
         prune_model(model, NeuronSet({"blocks.9": torch.arange(3)}, {"blocks.9": 24}))
-    assert not hasattr(model, "pruning")
+    assert model.pruning is None
 
 
 def test_record_round_trip_and_sets():

@@ -80,7 +80,9 @@ class NeuronModel:
     * ``family``: the :class:`~neuronlens.models.families.Family` table entry;
     * ``kind``: how the model can answer (:class:`ModelKind`); a masked LM whose head
       weights were missing is ``ModelKind.ENCODER``;
-    * ``sites``: one :class:`Site` per FFN, widths read from module shapes.
+    * ``sites``: one :class:`Site` per FFN, widths read from module shapes;
+    * ``pruning``: ``None``, or on a pruned model its
+      :class:`~neuronlens.pruning.PruningRecord` (what was kept).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class NeuronModel:
         self.gated = gated
         self.stacks = tuple(stacks)
         self.kind = family.kind if has_lm_head else ModelKind.ENCODER
+        self.pruning = None  # a PruningRecord once pruned (neuronlens.pruning)
         self._active_layout: Layout | None = None
         self._check_tokenizer()
 
