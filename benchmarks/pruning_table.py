@@ -400,6 +400,11 @@ def load_all(out: Path) -> dict:
     return runs
 
 
+def _speed(speeds: dict, runs: dict, key: str) -> float | None:
+    """The measured speed-up of a search's model (1 when the search kept everything)."""
+    return 1.0 if runs[key].get("kept") is None else speeds.get(key)
+
+
 def table1(runs: dict, speeds: dict, tasks) -> list[str]:
     names = {
         "finetune": "Fine-tuning",
@@ -434,7 +439,7 @@ def table1(runs: dict, speeds: dict, tasks) -> list[str]:
                 f"| {m} | {t} | {ms([100 * (1 - r['kept_ratio']) for r in rows])} | "
                 f"{ms([r['accuracy'] for r in rows])} | {ms([r['base_accuracy'] for r in rows])} | "
                 f"{ms([100 * r['accuracy'] / r['base_accuracy'] for r in rows])} | "
-                f"{ms([speeds.get(k) for k in ks])} | {ms([r['flop_ceiling'] for r in rows])} |"
+                f"{ms([_speed(speeds, runs, k) for k in ks])} | {ms([r['flop_ceiling'] for r in rows])} |"
             )
     return lines
 
