@@ -44,7 +44,7 @@ from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskSpec
 from neuronlens.study.report import steps_rows, write_page
 from neuronlens.study.single import load_study_model, study_data, study_positions
-from neuronlens.study.steps import Step, data_id, model_id, remove_stale, run_steps
+from neuronlens.study.steps import Step, data_id, digest, model_id, remove_stale, run_steps
 from neuronlens.tasks import get_task
 
 
@@ -131,9 +131,7 @@ def _prompt_steps(name: str) -> Step:
         prompts = []
         for seed in run.cfg.seeds:
             done = path(run, seed).with_suffix(".key.json")
-            if done.is_file() and json.loads(done.read_text()) == json.loads(
-                json.dumps(key, default=str)
-            ):
+            if done.is_file() and done.read_text() == digest(key):
                 prompts.append(PromptResult.load(path(run, seed), run.model))
                 run.log(f"[prompts/{name}] seed {seed}: reused (finished earlier, same inputs)")
                 continue
@@ -142,7 +140,7 @@ def _prompt_steps(name: str) -> Step:
                 n_tokens=run.cfg.n_tokens, settings=run.cfg.training(), seed=seed,
             )  # fmt: skip
             tuned.save(path(run, seed))
-            write_text_atomic(done, json.dumps(key, default=str))  # after the prompt's files
+            write_text_atomic(done, digest(key))  # after the prompt's files
             prompts.append(tuned)
         return prompts
 
