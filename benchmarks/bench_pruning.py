@@ -8,7 +8,9 @@ through a plain Hugging Face copy (``plain_hf_model``). Next to each speed-up, t
 ceiling computed from the model's own dimensions and sequence length (``flop_ceiling``).
 
 Models: a BERT-base-sized random model (12 x 768 x 3072), all-MiniLM-L6-v2 and SmolLM2-135M
-(when installed); batch 8 x (128 tokens + 20 prompt tokens).
+(when installed); on request GPT-2-small-sized (``gpt2-base``) and T5-small-sized
+(``t5-small``, encoder only, with ``--bridge-only``) random models; batch 8 x (128 tokens +
+20 prompt tokens).
 
     python benchmarks/bench_pruning.py [--repeats 5] [--models bert-base minilm smollm2]
         [--batch 1 8 64 --length 32 64 256 512]      # SKELETON's speed grid
@@ -47,6 +49,12 @@ def load(name: str) -> nl.NeuronModel:
             "bert", layers=12, d_model=768, d_mlp=3072, heads=12, vocab=30522, max_positions=512
         )
         return nl.load_model(hf, tiny_tokenizer(), name="bert-base-random")
+    if name == "gpt2-base":  # GPT-2 small's size (124M without the vocabulary), random weights
+        hf = tiny_hf_model("gpt2", layers=12, d_model=768, d_mlp=3072, heads=12, max_positions=1024)
+        return nl.load_model(hf, tiny_tokenizer(), name="gpt2-base-random")
+    if name == "t5-small":  # T5-small's size, random weights (time it with --bridge-only)
+        hf = tiny_hf_model("t5", layers=6, d_model=512, d_mlp=2048, heads=8)
+        return nl.load_model(hf, tiny_tokenizer(), name="t5-small-random")
     return nl.load_minilm() if name == "minilm" else nl.load_smollm2()
 
 

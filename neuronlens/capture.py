@@ -521,6 +521,11 @@ def _run_batch(
 
     def make_hook(site: Site):
         def hook(acts: Tensor, hook=None) -> Tensor | None:
+            if grads and not acts.requires_grad:
+                # a value the input cannot reach (T5's first decoder self-attention reads
+                # only the decoder's start token): constant, but its effect on the output,
+                # the gradient, is still defined; make it a leaf so autograd gives it
+                acts = acts.detach().requires_grad_(True)
             shape = acts.shape
             acts = flat_heads(acts)
             if acts.shape[-1] != site.hooked_width:

@@ -130,6 +130,36 @@ def test_head_attribution_equals_gate_gradient(family):
     assert float(got[got.sites[0].name].min()) > 0
 
 
+def test_t5_head_attribution_equals_gate_gradient():
+    """T5: encoder heads as above; decoder self-attention heads gated at every decoder
+    position (the first decoder block's heads read only the start token, so the input
+    cannot change them, but their gradient is defined)."""
+    model, task = tiny("t5"), word_task()
+    pr = fake_prompt(model, task)
+    data = task.load("train").take(6)
+    got = attribute(model, pr, task, data, n=None, modules="heads", batch_size=3, progress=False)
+    enc_ref = reference_head_scores(model, "t5", pr, task, data)
+    hd = model.head_dim
+    dec = [_raw(_raw(b).layer[0].SelfAttention.o) for b in _raw(_raw(model.hf_model).decoder).block]
+    dec_ref = [torch.zeros(_in(m) // hd, dtype=torch.float64) for m in dec]
+    for text, y in zip(render_texts(model, pr.head, task, data), data.labels, strict=True):
+        gates = []
+
+        def pre(mod, args, gates=gates):
+            gate = torch.ones(args[0].shape[1], args[0].shape[-1] // hd, requires_grad=True)
+            gates.append(gate)
+            return (args[0] * gate.repeat_interleave(hd, -1),)
+
+        for total, g in zip(dec_ref, gold_grads(model, pr, model.encode([text]), y, dec, pre,
+                                                gates), strict=True):  # fmt: skip
+            total += g.abs().double().mean(0)
+    sites = got.sites
+    assert [s.stack for s in sites] == ["encoder_blocks"] * 2 + ["decoder_blocks"] * 2
+    for site, r in zip(sites, enc_ref + dec_ref, strict=True):
+        torch.testing.assert_close(got[site.name].double(), r, rtol=1e-4, atol=1e-9)
+    assert float(got[sites[2].name].min()) > 0  # the first decoder block's heads count too
+
+
 def test_attn_out_features_equal_hooked_reference():
     model, task = tiny("llama"), word_task()
     pr = fake_prompt(model, task)
@@ -252,7 +282,7 @@ def _heads_set(model, keep: dict[int, list[int]]):
     )
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "llama"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "llama", "gpt2", "t5", "t5-gated"])
 def test_pruned_heads_equal_zeroed_heads(family, tmp_path):
     from neuronlens import prune_model
     from neuronlens.pruning import load_pruned, save_pruned
@@ -267,14 +297,17 @@ def test_pruned_heads_equal_zeroed_heads(family, tmp_path):
     if family == "llama":
         keep[1] = [0, 1]  # a whole group (and its key/value head) removed
     kept = _heads_set(model, keep)
-    ffn = model.site("blocks.1")
+    ffn = model.sites[1]
     both = NeuronSet(
         {**kept.indices, ffn.name: torch.arange(0, ffn.width, 2)},
         {**kept.widths, ffn.name: ffn.width},
     )
     small = prune_model(model, both)
-    assert [s.width for s in small.module_sites("heads")] == [len(keep[0]), len(keep[1])]
-    assert small.site("blocks.1").width == ffn.width // 2
+    head_sites = model.module_sites("heads")  # T5: the encoder's, then the decoder's
+    assert [s.width for s in small.module_sites("heads")] == [
+        len(keep[s.layer]) for s in head_sites
+    ]
+    assert small.site(ffn.name).width == ffn.width // 2
     with torch.no_grad(), intervene(model, Zero(small.pruning.removed_set())):
         ref = pr.head.class_logits(model, enc, pr.prompt)
     with torch.no_grad():
@@ -282,8 +315,9 @@ def test_pruned_heads_equal_zeroed_heads(family, tmp_path):
         clean = pr.head.class_logits(model, enc, pr.prompt)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(got, clean, atol=1e-4)
-    total = 2 * heads
-    assert small.pruning.heads_kept_ratio == pytest.approx((len(keep[0]) + len(keep[1])) / total)
+    total = len(head_sites) * heads
+    kept_heads = sum(len(keep[s.layer]) for s in head_sites)
+    assert small.pruning.heads_kept_ratio == pytest.approx(kept_heads / total)
     assert small.pruning.kept_ratio == pytest.approx(1 - ffn.width / 2 / model.n_neurons)
 
     again = load_pruned(save_pruned(small, tmp_path / "p"))
@@ -301,6 +335,36 @@ def test_pruned_heads_equal_zeroed_heads(family, tmp_path):
                                    rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_head_pruned_layers_hook_and_score_their_own_heads(family):
+    """GPT-2's fused QKV (the bridge reshapes per layer) and T5's shared position bias (a
+    pruned layer reads its heads' columns): in the first block, whose input pruning does
+    not change, the pruned model's attention patterns and scores are the kept heads' ones,
+    and heads of the pruned model can be scored again."""
+    from neuronlens import prune_model
+
+    model = nl_model(family, heads=4)
+    task = word_task()
+    keep = {0: [1, 3], 1: [0, 2, 3]}
+    small = prune_model(model, _heads_set(model, keep))
+    stack = model.sites[0].stack
+    attn = "attn"
+    hooks = [f"{stack}.0.{attn}.hook_pattern", f"{stack}.0.{attn}.hook_attn_scores"]
+    enc = model.encode(["w21 w33 w40", "w25 w30"])
+    kw = {"decoder_input": enc.input_ids[:, :1]} if family == "t5" else {}
+    with torch.no_grad():
+        _, big = model.bridge.run_with_cache(enc.input_ids, names_filter=hooks, **kw)
+        _, got = small.bridge.run_with_cache(enc.input_ids, names_filter=hooks, **kw)
+    for hook in hooks:
+        assert got[hook].shape[1] == 2
+        torch.testing.assert_close(got[hook], big[hook][:, keep[0]], rtol=1e-5, atol=1e-6)
+    pr = fake_prompt(small, task)
+    scores = attribute(small, pr, task, task.load("train").take(4), n=None, modules="heads",
+                       batch_size=2, progress=False)  # fmt: skip
+    assert [s.width for s in scores.sites] == [len(keep[s.layer]) for s in scores.sites]
+    assert all(bool(torch.isfinite(scores[s.name]).all()) for s in scores.sites)
+
+
 def nl_model(family, **sizes):
     from neuronlens import load_model
     from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
@@ -312,11 +376,6 @@ def test_head_pruning_refusals():
     from neuronlens import prune_model
     from neuronlens.errors import UnsupportedModelError
 
-    for family, why in (("gpt2", "head count"), ("t5", "position bias")):
-        model = nl_model(family)
-        site = model.module_sites("heads")[0]
-        with pytest.raises(UnsupportedModelError, match=why):
-            prune_model(model, {site.name: [0]})
     bert = nl_model("bert")
     with pytest.raises(SiteError, match="whole heads"):
         prune_model(bert, {"blocks.0.attn_out": [0, 1]})

@@ -77,11 +77,16 @@ class Attention:
 
     Attributes:
         path: dotted path template (``{i}`` = layer) of the attention module.
-        q, k, v: names (inside ``path``) of the query, key and value linears.
+        q, k, v: names (inside ``path``) of the query, key and value linears; the same name
+            three times for a fused QKV linear (GPT-2's ``c_attn``: outputs ``[q | k | v]``).
         o: name of the output projection (its input is the heads' outputs, concatenated).
-        counts: name of the submodule whose ``num_attention_heads`` / ``all_head_size``
-            attributes follow the head count (BERT's ``self``); None where the forward
-            reshapes with ``-1`` heads.
+        counts: name of the submodule whose head-count attributes follow the head count
+            (BERT's ``self``; ``""``: the attention module itself); None where the forward
+            reshapes with ``-1`` heads and reads no count.
+        count_attrs: the attributes set there: the number of heads, then the heads' width.
+        shared_bias: the heads read a position bias computed once per stack for every head
+            (T5): a pruned module keeps the original indices of its heads to read their
+            columns.
     """
 
     path: str
@@ -90,6 +95,13 @@ class Attention:
     v: str
     o: str
     counts: str | None = None
+    count_attrs: tuple[str, str] = ("num_attention_heads", "all_head_size")
+    shared_bias: bool = False
+
+    @property
+    def fused(self) -> bool:
+        """Whether q, k and v are one linear."""
+        return self.q == self.k == self.v
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,17 @@ class Family:
 def _t5_stack(bridge_name: str, hf_stack: str, ffn_index: int, gated: bool) -> Stack:
     ins = ("wi_0", "wi_1") if gated else ("wi",)
     path = f"{hf_stack}.block.{{i}}.layer.{ffn_index}.DenseReluDense"
-    return Stack(bridge_name, path, ins, "wo", T5_HEADS)
+    attention = Attention(
+        f"{hf_stack}.block.{{i}}.layer.0.SelfAttention",
+        "q",
+        "k",
+        "v",
+        "o",
+        counts="",
+        count_attrs=("n_heads", "inner_dim"),
+        shared_bias=True,
+    )
+    return Stack(bridge_name, path, ins, "wo", attention)
 
 
 def _bert_attention(base: str) -> Attention:
@@ -143,13 +165,14 @@ def _bert_attention(base: str) -> Attention:
     )
 
 
-GPT2_HEADS = (
-    "TransformerLens 4.3's GPT-2 attention bridge splits heads with the config's head count, "
-    "so a layer with fewer heads does not run"
-)
-T5_HEADS = (
-    "T5's first layer computes a relative position bias per head that every later layer "
-    "reuses, so layers cannot lose different heads"
+GPT2_ATTENTION = Attention(
+    "transformer.h.{i}.attn",
+    "c_attn",
+    "c_attn",
+    "c_attn",
+    "c_proj",
+    counts="",
+    count_attrs=("num_heads", "split_size"),
 )
 
 
@@ -266,7 +289,7 @@ register_family(
         architectures=("GPT2LMHeadModel",),
         base_models={"GPT2Model": "GPT2LMHeadModel"},
         kind=ModelKind.CAUSAL_LM,
-        stacks=(Stack("blocks", "transformer.h.{i}.mlp", ("c_fc",), "c_proj", GPT2_HEADS),),
+        stacks=(Stack("blocks", "transformer.h.{i}.mlp", ("c_fc",), "c_proj", GPT2_ATTENTION),),
         hf_head="lm_head",
     )
 )

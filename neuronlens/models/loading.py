@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from neuronlens.errors import NeuronLensError, UnsupportedModelError
+from neuronlens.models.attention_heads import fix_bias_hooks, own_head_counts
 from neuronlens.models.families import family_for_architecture
 from neuronlens.models.model import NeuronModel
 
@@ -137,10 +138,11 @@ def _boot(label: str, hf: torch.nn.Module, tokenizer, device) -> torch.nn.Module
     bridge_tok = copy.deepcopy(tokenizer)
     bridge_tok.init_kwargs.setdefault("name_or_path", label)
     bridge_tok.init_kwargs["add_bos_token"] = True
-    with quiet_transformers():
+    with quiet_transformers(), own_head_counts():  # a head-pruned GPT-2's layers differ
         bridge = TransformerBridge.boot_transformers(
             label, hf_model=hf, tokenizer=bridge_tok, device=device
         )
+    fix_bias_hooks(bridge)  # a head-pruned T5's score hooks read its heads' bias columns
     if getattr(bridge, "compatibility_mode", False):  # never fold LayerNorm / centre weights
         raise NeuronLensError(
             "the bridge booted in compatibility mode; neuronlens needs the default mode"

@@ -156,16 +156,7 @@ class NeuronModel:
     def head_dim(self) -> int:
         """Width of one attention head (from the config: ``head_dim``, T5's ``d_kv``, or
         the model width over the number of heads)."""
-        cfg = self.hf_model.config
-        for attr in ("head_dim", "d_kv"):
-            value = getattr(cfg, attr, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        for attr in ("num_attention_heads", "n_head", "num_heads"):
-            heads = getattr(cfg, attr, None)
-            if isinstance(heads, int) and heads > 0:
-                return self.d_model // heads
-        raise UnsupportedModelError(f"{self.name}: the config names no number of heads")
+        return config_head_dim(self.hf_model.config, self.name)
 
     def attention_sites(self, module: str = "heads") -> tuple[Site, ...]:
         """One site per attention block (T5's decoder: its self-attention), hooked at the
@@ -486,6 +477,21 @@ class NeuronModel:
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "original_component", None) or module
+
+
+def config_head_dim(config, name: str = "the model") -> int:
+    """Width of one attention head from an HF config: ``head_dim``, T5's ``d_kv``, or the
+    hidden size over the number of heads."""
+    for attr in ("head_dim", "d_kv"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    width = getattr(config, "hidden_size", None)
+    for attr in ("num_attention_heads", "n_head", "num_heads"):
+        heads = getattr(config, attr, None)
+        if isinstance(heads, int) and heads > 0 and isinstance(width, int):
+            return width // heads
+    raise UnsupportedModelError(f"{name}: the config names no number of heads")
 
 
 def walk_modules(root: torch.nn.Module, path: str) -> torch.nn.Module:

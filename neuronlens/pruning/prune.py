@@ -185,8 +185,8 @@ def prune_model(
 ) -> NeuronModel:
     """A new, smaller model with only the kept FFN neurons (the input model is unchanged),
     and only the kept attention heads where ``keep`` names head sites (``"blocks.3.heads"``,
-    e.g. from ``attribute(..., modules="heads").top(...)``; BERT, RoBERTa and Llama-family
-    models, whose attention runs with any number of heads per layer).
+    e.g. from ``attribute(..., modules="heads").top(...)``; every family, each layer with
+    its own heads).
 
     Args:
         model: the model to prune (may itself be a pruned model; records compose).

@@ -21,7 +21,7 @@ from neuronlens.errors import DataFileNotFoundError, NeuronLensError, ShapeMisma
 from neuronlens.io import atomic_dir, library_versions
 from neuronlens.models.families import family_for_architecture
 from neuronlens.models.loading import load_model, quiet_transformers
-from neuronlens.models.model import NeuronModel
+from neuronlens.models.model import NeuronModel, config_head_dim
 from neuronlens.pruning.prune import PruningRecord
 from neuronlens.pruning.surgery import (
     head_counts,
@@ -179,9 +179,7 @@ def _resize_heads(root: Path, hf: nn.Module, config, heads: list[tuple]) -> None
         return
     family, _ = family_for_architecture(config.architectures[0])
     by_stack = {st.bridge_name: st for st in family.resolve(config)[1]}
-    head_dim = getattr(config, "head_dim", None) or (
-        config.hidden_size // config.num_attention_heads
-    )
+    head_dim = config_head_dim(config, str(root))
     for stack_name, layer, n_q, n_kv in heads:
         if stack_name not in by_stack:
             raise NeuronLensError(f"{root / RECORD_FILE} names stack {stack_name!r}")

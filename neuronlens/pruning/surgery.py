@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from neuronlens.errors import ShapeMismatchError, UnsupportedModelError
+from neuronlens.models.attention_heads import keep_t5_heads, t5_kept_heads
 from neuronlens.models.families import Attention, Stack
 from neuronlens.models.loading import quiet_transformers
 from neuronlens.models.model import NeuronModel, walk_modules
@@ -235,6 +236,9 @@ def head_counts(hf: nn.Module, stack: Stack, layer: int, head_dim: int) -> tuple
     """``(query heads, key/value heads)`` of one attention module of a plain HF model."""
     att = attention_table(stack, "read")
     mod = get_module(hf, att.path.format(i=layer))
+    if att.fused:
+        n = linear_dims(get_module(mod, att.q))[1] // (3 * head_dim)
+        return n, n
     n_q = linear_dims(get_module(mod, att.q))[1] // head_dim
     n_kv = linear_dims(get_module(mod, att.k))[1] // head_dim
     return n_q, n_kv
@@ -260,24 +264,33 @@ def _dims(heads: Tensor, head_dim: int) -> Tensor:
     return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim)).flatten()
 
 
+def _keep_outputs(mod: nn.Module, name: str, idx: Tensor, where: str) -> None:
+    """Keep output features ``idx`` of linear ``name`` of ``mod`` (weight rows and bias)."""
+    lin = get_module(mod, name)
+    check_linear(lin, f"{where}.{name}")
+    idx = idx.to(lin.weight.device)
+    w = lin.weight.detach()
+    w = w[:, idx].clone() if is_conv1d(lin) else w[idx].clone()
+    b = None if lin.bias is None else lin.bias.detach()[idx].clone()
+    set_module(mod, name, linear_like(lin, linear_dims(lin)[0], int(idx.numel()), w, b))
+
+
 def slice_heads(hf: nn.Module, stack: Stack, layer: int, heads: Tensor, head_dim: int) -> None:
     """Keep query heads ``heads`` (indices into the current heads) of one attention module
-    of a plain HF model, in place: rows of q (and of k, v for their key/value heads),
-    columns of the output projection."""
+    of a plain HF model, in place: rows of q (and of k, v for their key/value heads; the
+    three blocks of a fused QKV linear), columns of the output projection."""
     att = attention_table(stack, "prune")
     where = att.path.format(i=layer)
     mod = get_module(hf, where)
     n_q, n_kv = head_counts(hf, stack, layer, head_dim)
     heads = torch.unique(heads.long().cpu())
     groups, per_group = kv_groups(heads, n_q, n_kv, where)
-    for name, keep in ((att.q, heads), (att.k, groups), (att.v, groups)):
-        lin = get_module(mod, name)
-        check_linear(lin, f"{where}.{name}")
-        idx = _dims(keep, head_dim).to(lin.weight.device)
-        w = lin.weight.detach()
-        w = w[:, idx].clone() if is_conv1d(lin) else w[idx].clone()
-        b = None if lin.bias is None else lin.bias.detach()[idx].clone()
-        set_module(mod, name, linear_like(lin, linear_dims(lin)[0], int(idx.numel()), w, b))
+    if att.fused:
+        dims, width = _dims(heads, head_dim), n_q * head_dim
+        _keep_outputs(mod, att.q, torch.cat([dims, dims + width, dims + 2 * width]), where)
+    else:
+        for name, keep in ((att.q, heads), (att.k, groups), (att.v, groups)):
+            _keep_outputs(mod, name, _dims(keep, head_dim), where)
     out = get_module(mod, att.o)
     check_linear(out, f"{where}.{att.o}")
     idx = _dims(heads, head_dim).to(out.weight.device)
@@ -285,6 +298,8 @@ def slice_heads(hf: nn.Module, stack: Stack, layer: int, heads: Tensor, head_dim
     w = w[idx].clone() if is_conv1d(out) else w[:, idx].clone()
     b = None if out.bias is None else out.bias.detach().clone()
     set_module(mod, att.o, linear_like(out, int(idx.numel()), linear_dims(out)[1], w, b))
+    if att.shared_bias:  # the bias columns are the original heads': compose the indices
+        keep_t5_heads(mod, t5_kept_heads(mod, n_q)[heads])
     _set_counts(mod, att, int(heads.numel()), head_dim, per_group if n_q != n_kv else None)
 
 
@@ -292,12 +307,13 @@ def resize_heads(
     hf: nn.Module, stack: Stack, layer: int, n_q: int, n_kv: int, head_dim: int
 ) -> None:
     """Give one attention module ``n_q`` query and ``n_kv`` key/value heads (uninitialised
-    weights), as a saved head-pruned model has them."""
+    weights; T5: placeholder head indices), as a saved head-pruned model has them."""
     att = attention_table(stack, "resize")
     where = att.path.format(i=layer)
     mod = get_module(hf, where)
     grouped = head_counts(hf, stack, layer, head_dim)
-    for name, n in ((att.q, n_q), (att.k, n_kv), (att.v, n_kv)):
+    sizes = ((att.q, 3 * n_q),) if att.fused else ((att.q, n_q), (att.k, n_kv), (att.v, n_kv))
+    for name, n in sizes:
         lin = get_module(mod, name)
         d_in, _ = linear_dims(lin)
         bias = None if lin.bias is None else True
@@ -305,6 +321,8 @@ def resize_heads(
     out = get_module(mod, att.o)
     bias = None if out.bias is None else True
     set_module(mod, att.o, linear_like(out, n_q * head_dim, linear_dims(out)[1], None, bias))
+    if att.shared_bias:  # the saved (or copied) kept_heads buffer overwrites these
+        keep_t5_heads(mod, torch.arange(n_q))
     per_group = n_q // n_kv if n_kv and grouped[0] != grouped[1] else None
     _set_counts(mod, att, n_q, head_dim, per_group)
 
@@ -312,8 +330,9 @@ def resize_heads(
 def _set_counts(mod: nn.Module, att: Attention, n_heads: int, head_dim: int, per_group) -> None:
     """Attributes of the HF module that follow its head count."""
     if att.counts is not None:
-        counted = get_module(mod, att.counts)
-        counted.num_attention_heads = n_heads
-        counted.all_head_size = n_heads * head_dim
+        counted = get_module(mod, att.counts) if att.counts else mod
+        heads_attr, width_attr = att.count_attrs
+        setattr(counted, heads_attr, n_heads)
+        setattr(counted, width_attr, n_heads * head_dim)
     if per_group is not None:
         mod.num_key_value_groups = per_group
