@@ -26,6 +26,7 @@ from tests.probe_fixtures import fake_prompt, tiny, word_task
 # the attention output projection of each family's blocks (raw HF names)
 ATTN_OUT = {
     "bert": ("bert.encoder.layer", "attention.output.dense"),
+    "roberta": ("roberta.encoder.layer", "attention.output.dense"),
     "gpt2": ("transformer.h", "attn.c_proj"),
     "llama": ("model.layers", "self_attn.o_proj"),
     "t5": ("encoder.block", "layer.0.SelfAttention.o"),
@@ -372,13 +373,110 @@ def nl_model(family, **sizes):
     return load_model(tiny_hf_model(family, seed=4, **sizes), tiny_tokenizer(), name=family)
 
 
+# ---------------------------------------------------------------------- pruning attn_out inputs
+def _reference_o_zeroed(model, family, pr, enc, removed: dict[int, list[int]]):
+    """Class logits with input features ``removed[layer]`` of each (encoder / only stack)
+    attention output projection zeroed by a plain forward pre-hook."""
+
+    def pre_for(cols):
+        def pre(mod, args):
+            x = args[0].clone()
+            x[..., cols] = 0
+            return (x,)
+
+        return pre
+
+    outs = o_projections(model, family)
+    handles = [m.register_forward_pre_hook(pre_for(removed[i])) for i, m in enumerate(outs)]
+    try:
+        with torch.no_grad():
+            return pr.head.class_logits(model, enc, pr.prompt)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "llama", "gpt2", "t5"])
+def test_pruned_attn_out_features_equal_zeroed_features(family, tmp_path):
+    """The output projection reads only the kept features of the attention's full-width
+    output: the same logits as zeroing the others by hand, saved and loaded, composing."""
+    from neuronlens import prune_model
+    from neuronlens.pruning import load_pruned, save_pruned
+
+    model = nl_model(family, heads=4)
+    task = word_task()
+    pr = fake_prompt(model, task)
+    enc = model.encode(render_texts(model, pr.head, task, task.load("dev").take(4)))
+    g = torch.Generator().manual_seed(1)
+    sites = [s for s in model.module_sites("attn_out") if s.stack != "decoder_blocks"]
+    keep = {s.layer: sorted(torch.randperm(s.width, generator=g)[: s.width // 2].tolist())
+            for s in sites}  # fmt: skip
+    small = prune_model(model, {s.name: keep[s.layer] for s in sites})
+    removed = {i: [j for j in range(sites[i].width) if j not in keep[i]] for i in keep}
+    ref = _reference_o_zeroed(model, family, pr, enc, removed)
+    with torch.no_grad():
+        got = pr.head.class_logits(small, enc, pr.prompt)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, pr.head.class_logits(model, enc, pr.prompt), atol=1e-4)
+    # the sites keep their width; the record keeps the original indices
+    assert [s.width for s in small.module_sites("attn_out")] == [
+        s.width for s in model.module_sites("attn_out")
+    ]
+    every = model.module_sites("attn_out")  # T5: the decoder's stay whole
+    whole = sum(s.width for s in every if s.stack == "decoder_blocks")
+    assert small.pruning.attn_out_kept_ratio == pytest.approx(
+        (sum(len(v) for v in keep.values()) + whole) / sum(s.width for s in every)
+    )
+    assert small.pruning.kept_ratio == 1.0  # FFN neurons are counted apart
+    again = load_pruned(save_pruned(small, tmp_path / "p"))
+    with torch.no_grad():
+        torch.testing.assert_close(pr.head.class_logits(again, enc, pr.prompt), got)
+    # again: indices are the original ones, and keeping composes as an intersection
+    first = sites[0].name
+    twice = prune_model(again, {first: keep[0][:2] + removed[0][:2]})
+    assert twice.pruning.kept[first] == keep[0][:2]
+    removed[0] = [j for j in range(sites[0].width) if j not in keep[0][:2]]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pr.head.class_logits(twice, enc, pr.prompt),
+            _reference_o_zeroed(model, family, pr, enc, removed),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_attn_out_pruning_from_scores_and_refusals():
+    """`attribute(modules="all").top(...)` prunes FFN neurons and attention-output inputs in
+    one call; heads and single features of one layer are refused."""
+    from neuronlens import prune_model
+
+    model, task = nl_model("bert", heads=4), word_task()
+    pr = fake_prompt(model, task)
+    scores = attribute(model, pr, task, task.load("train").take(6), modules="all",
+                       progress=False)  # fmt: skip
+    small = prune_model(model, scores.top(percent=50, per_layer=True))
+    assert small.pruning.kept_ratio == pytest.approx(0.5)
+    assert small.pruning.attn_out_kept_ratio == pytest.approx(0.5)
+    with pytest.raises(NeuronLensError, match="both whole heads and single"):
+        prune_model(model, {"blocks.0.heads": [0, 1], "blocks.0.attn_out": [0, 1, 2]})
+    with pytest.raises(NeuronLensError, match="both whole heads and single"):
+        prune_model(small, {"blocks.0.heads": [0, 1]})
+    heads_cut = prune_model(model, {"blocks.0.heads": [0, 1]})
+    with pytest.raises(NeuronLensError, match="both whole heads and single"):
+        prune_model(heads_cut, {"blocks.0.attn_out": [0, 1]})
+    # another layer is fine; the head-pruned layer's features are its kept heads' ones
+    both = prune_model(heads_cut, {"blocks.1.attn_out": [0, 5]})
+    hd = model.head_dim
+    assert both.pruning.kept["blocks.0.attn_out"] == list(range(2 * hd))
+    assert both.pruning.original_widths["blocks.0.attn_out"] == 4 * hd
+    assert both.pruning.kept["blocks.1.attn_out"] == [0, 5]
+
+
 def test_head_pruning_refusals():
     from neuronlens import prune_model
     from neuronlens.errors import UnsupportedModelError
 
     bert = nl_model("bert")
-    with pytest.raises(SiteError, match="whole heads"):
-        prune_model(bert, {"blocks.0.attn_out": [0, 1]})
     with pytest.raises(NeuronLensError, match="every head"):
         prune_model(bert, {"blocks.0.heads": []})
     llama = nl_model("llama", heads=4)

@@ -379,8 +379,17 @@ def test_flop_ceiling_bert_base():
     assert c.ffn == pytest.approx(2 * 128 * 12 * 2 * 768 * 3072)
     assert c.attention == pytest.approx(2 * 128 * 12 * 4 * 768**2)
     assert c.scores == pytest.approx(2 * 128 * 12 * 2 * 128 * 768)
+    # the output projections' inputs at half: a quarter of the attention projections go
+    half_o = flop_count(bert_base, 128, attn_out_kept_ratio=0.5)
+    assert half_o.attention == pytest.approx(2 * 128 * 12 * 3.5 * 768**2)
+    assert half_o.ffn == c.ffn and half_o.scores == c.scores
+    assert flop_ceiling(bert_base, 1.0, 128, attn_out_kept_ratio=0.5) == pytest.approx(
+        c.total / half_o.total
+    )
     with pytest.raises(NeuronLensError):
         flop_ceiling(bert_base, 1.5, 128)
+    with pytest.raises(NeuronLensError, match="attn_out_kept_ratio"):
+        flop_count(bert_base, 128, attn_out_kept_ratio=-0.1)
     with pytest.raises(NeuronLensError):
         flop_count("bert", 128)
 

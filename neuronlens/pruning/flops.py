@@ -100,6 +100,7 @@ def flop_count(
     decoder_len: int = 1,
     lm_head: bool = False,
     heads_kept_ratio: float = 1.0,
+    attn_out_kept_ratio: float = 1.0,
 ) -> FlopCount:
     """Matmul FLOPs of one forward pass over ``seq_len`` tokens (one sequence).
 
@@ -113,7 +114,8 @@ def flop_count(
     keys and values are projected from the ``seq_len`` encoder tokens). ``lm_head=True`` adds
     ``d·vocab`` for every output position (off by default: classification reads one position,
     and the papers' ceilings exclude it). ``kept_ratio`` scales every FFN width,
-    ``heads_kept_ratio`` the attention projections and scores (heads pruned evenly).
+    ``heads_kept_ratio`` the attention projections and scores (heads pruned evenly),
+    ``attn_out_kept_ratio`` the self-attention output projections (their inputs pruned).
 
     ``model`` is a :class:`NeuronModel` (for a pruned one, the original widths are used:
     pass ``kept_ratio=model.pruning.kept_ratio``) or a :class:`ModelDims`.
@@ -121,7 +123,12 @@ def flop_count(
     dims = ModelDims.of(model) if isinstance(model, NeuronModel) else model
     if not isinstance(dims, ModelDims):
         raise NeuronLensError(f"flop_count needs a NeuronModel or ModelDims, got {type(model)!r}")
-    for label, ratio in (("kept_ratio", kept_ratio), ("heads_kept_ratio", heads_kept_ratio)):
+    ratios = (
+        ("kept_ratio", kept_ratio),
+        ("heads_kept_ratio", heads_kept_ratio),
+        ("attn_out_kept_ratio", attn_out_kept_ratio),
+    )
+    for label, ratio in ratios:
         if not 0.0 <= ratio <= 1.0:
             raise NeuronLensError(f"{label} must be within 0..1, got {ratio}")
     if seq_len < 1 or decoder_len < 1:
@@ -130,7 +137,8 @@ def flop_count(
     attn = dims.attn_dim or d
     kv = dims.kv_dim or attn
     ffn_mats = 3 if dims.gated else 2
-    proj = d * attn + 2 * d * kv + attn * d  # per token
+    o_proj = attn * d * attn_out_kept_ratio
+    proj = d * attn + 2 * d * kv + o_proj  # per token
 
     n_enc = len(dims.ffn_widths)
     enc_tokens = seq_len
@@ -142,6 +150,7 @@ def flop_count(
         n_dec, t = len(dims.decoder_ffn_widths), decoder_len
         # self-attention + cross-attention (q, o on decoder tokens; k, v on encoder tokens)
         attention += n_dec * (t * proj + t * 2 * d * attn + seq_len * 2 * d * kv)
+        # (the cross-attention's q and o: 2 * d * attn; its o inputs are not pruned)
         scores += n_dec * (t * 2 * t * attn + t * 2 * seq_len * attn)
         ffn += t * ffn_mats * d * sum(dims.decoder_ffn_widths) * kept_ratio
         head_tokens = t
@@ -160,9 +169,11 @@ def flop_ceiling(
     decoder_len: int = 1,
     lm_head: bool = False,
     heads_kept_ratio: float = 1.0,
+    attn_out_kept_ratio: float = 1.0,
 ) -> float:
     """Theoretical speed-up of keeping ``kept_ratio`` of the FFN neurons (and
-    ``heads_kept_ratio`` of the attention heads): matmul FLOPs unpruned / pruned, counted as
+    ``heads_kept_ratio`` of the attention heads, ``attn_out_kept_ratio`` of the attention
+    output projections' inputs): matmul FLOPs unpruned / pruned, counted as
     in :func:`flop_count`.
 
     BERT-base at 128 tokens (``ModelDims.uniform(768, 3072, 12)``): 1.24× at
@@ -176,5 +187,6 @@ def flop_ceiling(
         decoder_len=decoder_len,
         lm_head=lm_head,
         heads_kept_ratio=heads_kept_ratio,
+        attn_out_kept_ratio=attn_out_kept_ratio,
     )
     return full.total / pruned.total

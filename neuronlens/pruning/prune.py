@@ -39,6 +39,7 @@ from neuronlens.models.model import NeuronModel
 from neuronlens.neurons import NeuronSet
 from neuronlens.pruning.surgery import (
     attention_table,
+    gather_inputs,
     plain_hf_model,
     set_config_width,
     slice_heads,
@@ -90,12 +91,13 @@ class PruningRecord:
 
     @property
     def n_original(self) -> int:
-        """FFN neurons before pruning (head sites, ``"*.heads"``, are counted apart)."""
-        return sum(w for k, w in self.original_widths.items() if not _is_heads(k))
+        """FFN neurons before pruning (attention sites, ``"*.heads"`` and ``"*.attn_out"``,
+        are counted apart)."""
+        return sum(w for k, w in self.original_widths.items() if not _is_attention(k))
 
     @property
     def n_kept(self) -> int:
-        return sum(len(v) for k, v in self.kept.items() if not _is_heads(k))
+        return sum(len(v) for k, v in self.kept.items() if not _is_attention(k))
 
     @property
     def kept_ratio(self) -> float:
@@ -107,6 +109,14 @@ class PruningRecord:
         """Fraction of the attention heads kept (1.0 when no head was pruned)."""
         total = sum(w for k, w in self.original_widths.items() if _is_heads(k))
         kept = sum(len(v) for k, v in self.kept.items() if _is_heads(k))
+        return kept / total if total else 1.0
+
+    @property
+    def attn_out_kept_ratio(self) -> float:
+        """Fraction of the attention output projections' input features kept (1.0 when
+        none was pruned)."""
+        total = sum(w for k, w in self.original_widths.items() if _is_attn_out(k))
+        kept = sum(len(v) for k, v in self.kept.items() if _is_attn_out(k))
         return kept / total if total else 1.0
 
     @property
@@ -174,6 +184,14 @@ def _is_heads(site_name: str) -> bool:
     return site_name.endswith(".heads")
 
 
+def _is_attn_out(site_name: str) -> bool:
+    return site_name.endswith(".attn_out")
+
+
+def _is_attention(site_name: str) -> bool:
+    return _is_heads(site_name) or _is_attn_out(site_name)
+
+
 # ---------------------------------------------------------------------- pruning
 def prune_model(
     model: NeuronModel,
@@ -186,7 +204,11 @@ def prune_model(
     """A new, smaller model with only the kept FFN neurons (the input model is unchanged),
     and only the kept attention heads where ``keep`` names head sites (``"blocks.3.heads"``,
     e.g. from ``attribute(..., modules="heads").top(...)``; every family, each layer with
-    its own heads).
+    its own heads), and only the kept inputs of the attention output projection where it
+    names ``"*.attn_out"`` sites (``modules="attn_out"`` or ``"all"``): the projection then
+    reads only those features of the attention's full-width output, as the papers' pruned
+    linears do, so these sites keep their width (indices stay the original ones) and the
+    removed features read as zero. One layer cannot lose both heads and single features.
 
     Args:
         model: the model to prune (may itself be a pruned model; records compose).
@@ -225,12 +247,17 @@ def prune_model(
             mask[idx] = False
             idx = mask.nonzero().flatten()
         keep_idx[site_name] = idx
+    _check_layers(model, keep_idx, sites)
     record = _composed_record(model, keep_idx, description)
     hf = plain_hf_model(model)
     stacks = {st.bridge_name: st for st in model.stacks}
     for site_name, idx in keep_idx.items():
         site = sites[site_name]
-        if site.module == "heads":
+        if site.module == "attn_out":
+            kept = torch.tensor(record.kept[site_name], dtype=torch.long)
+            if kept.numel() < site.width:
+                gather_inputs(hf, stacks[site.stack], site.layer, kept)
+        elif site.module == "heads":
             if idx.numel() == 0:
                 raise NeuronLensError(
                     f"{site_name}: pruning would remove every head of the layer; keep at least one"
@@ -252,11 +279,13 @@ def prune_model(
 
 
 def prunable_sites(model: NeuronModel) -> tuple:
-    """The FFN sites, and the whole-head sites of stacks whose heads can be removed."""
+    """The FFN sites, and the whole-head and attention-output sites of stacks whose
+    attention is in the family table."""
     if all(isinstance(st.attention, str) for st in model.stacks):
         return model.sites
     heads = [s for s in model.attention_sites("heads") if _removable(model, s)]
-    return model.sites + tuple(heads)
+    outs = [s for s in model.attention_sites("attn_out") if _removable(model, s)]
+    return model.sites + tuple(heads) + tuple(outs)
 
 
 def _removable(model: NeuronModel, site) -> bool:
@@ -273,18 +302,42 @@ def _composed_record(
 ) -> PruningRecord:
     """The record after keeping ``keep_idx`` (indices into the current widths), composed
     with the model's own record when it was pruned before. Head sites are listed once
-    heads were pruned (now or before)."""
+    heads were pruned (now or before), attention-output sites likewise. An attention
+    output keeps its width when features are removed, so its indices stay the original
+    ones and keeping composes as an intersection."""
     prev: PruningRecord | None = getattr(model, "pruning", None)
-    with_heads = any(_is_heads(k) for k in [*keep_idx, *(prev.kept if prev else ())])
-    sites = {s.name: s for s in (prunable_sites(model) if with_heads else model.sites)}
-    if prev is not None and set(prev.kept) != set(sites):
+    named = [*keep_idx, *(prev.kept if prev else ())]
+    sites = {s.name: s for s in model.sites}
+    if any(_is_heads(k) for k in named):
+        sites |= {s.name: s for s in model.attention_sites("heads") if _removable(model, s)}
+    if any(_is_attn_out(k) for k in named):
+        sites |= {s.name: s for s in model.attention_sites("attn_out") if _removable(model, s)}
+    if prev is not None and not set(prev.kept) <= set(sites):
         raise NeuronLensError(
-            f"{model.name}: its pruning record names sites {sorted(prev.kept)} but the model has "
-            f"{sorted(sites)}"
+            f"{model.name}: its pruning record names sites {sorted(set(prev.kept) - set(sites))} "
+            "that the model does not have"
         )
     kept: dict[str, list[int]] = {}
+    original: dict[str, int] = {}
     for site_name, site in sites.items():
-        current = prev.kept[site_name] if prev is not None else list(range(site.width))
+        heads_name = site_name.removesuffix(".attn_out") + ".heads"
+        if prev is not None and site_name in prev.kept:
+            current, original[site_name] = prev.kept[site_name], prev.original_widths[site_name]
+        elif _is_attn_out(site_name) and prev is not None and heads_name in prev.kept:
+            dh = model.head_dim  # listed after its heads were pruned: their features
+            current = [h * dh + j for h in prev.kept[heads_name] for j in range(dh)]
+            original[site_name] = prev.original_widths[heads_name] * dh
+        else:
+            current, original[site_name] = list(range(site.width)), site.width
+        if _is_attn_out(site_name):
+            if site_name not in keep_idx:
+                kept[site_name] = list(current)
+            elif len(current) == site.width:  # positions are those of `current`
+                kept[site_name] = [current[int(i)] for i in keep_idx[site_name]]
+            else:  # features removed before: the width stayed, positions are original
+                chosen = {int(i) for i in keep_idx[site_name]}
+                kept[site_name] = [i for i in current if i in chosen]
+            continue
         if len(current) != site.width:
             raise ShapeMismatchError(
                 f"{model.name}: site {site_name} has {site.width} neurons but its pruning record "
@@ -296,12 +349,30 @@ def _composed_record(
             kept[site_name] = list(current)
     return PruningRecord(
         kept=kept,
-        original_widths=(
-            dict(prev.original_widths) if prev else {k: s.width for k, s in sites.items()}
-        ),
+        original_widths=original,
         source_model=prev.source_model if prev else model.name,
         description=description or (prev.description if prev else ""),
     )
+
+
+def _check_layers(model: NeuronModel, keep_idx: dict[str, Tensor], sites: dict) -> None:
+    """Refuse removing heads and single attention-output features of the same layer (the
+    output projection's inputs are either whole heads or features of full-width heads)."""
+    prev: PruningRecord | None = getattr(model, "pruning", None)
+
+    def cut(name: str) -> bool:
+        now = name in keep_idx and int(keep_idx[name].numel()) < sites[name].width
+        before = prev is not None and name in prev.kept
+        return now or (before and len(prev.kept[name]) < prev.original_widths[name])
+
+    for name in sites:
+        if _is_heads(name) and name in sites and cut(name):
+            other = name.removesuffix(".heads") + ".attn_out"
+            if other in sites and cut(other):
+                raise NeuronLensError(
+                    f"{name.removesuffix('.heads')}: cannot remove both whole heads and single "
+                    "attention-output features of one layer; prune one kind there"
+                )
 
 
 def _normalise(model: NeuronModel, spec: object, what: str) -> dict[str, Tensor]:
@@ -343,12 +414,6 @@ def _normalise(model: NeuronModel, spec: object, what: str) -> dict[str, Tensor]
 
 def _unprunable(model: NeuronModel, site) -> None:
     """Raise why an attention site cannot be pruned."""
-    if site.module == "attn_out":
-        raise SiteError(
-            f"{site.name}: the attention output's inputs are split into heads of "
-            f"{model.head_dim} values, so single features cannot be removed; prune whole "
-            "heads (modules='heads') or switch features off with Zero"
-        )
     stack = next(st for st in model.stacks if st.bridge_name == site.stack)
     attention_table(stack, "prune")
 

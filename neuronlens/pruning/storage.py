@@ -24,11 +24,13 @@ from neuronlens.models.loading import load_model, quiet_transformers
 from neuronlens.models.model import NeuronModel, config_head_dim
 from neuronlens.pruning.prune import PruningRecord
 from neuronlens.pruning.surgery import (
+    gathered_inputs,
     head_counts,
     named_tensors,
     no_init,
     plain_hf_model,
     resize_heads,
+    resize_inputs,
     resize_site,
 )
 
@@ -69,6 +71,7 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
         "dtype": str(model.dtype).removeprefix("torch."),
         "sites": [[s.stack, s.layer, s.width] for s in sites],
         "heads": _head_rows(model, hf) if any(k.endswith(".heads") for k in record.kept) else [],
+        "attn_out": _gather_rows(model, hf),
         "record": record.to_dict(),
         "versions": library_versions(),
     }
@@ -94,10 +97,11 @@ def load_pruned(
         ShapeMismatchError: the weights do not match the record's widths.
     """
     root = Path(path)
-    record, widths, heads, dtype, has_lm_head, label = _read_record(root, name)
+    record, widths, heads, gathers, dtype, has_lm_head, label = _read_record(root, name)
     config = transformers.AutoConfig.from_pretrained(str(root))
     hf = _empty_model(root, config, widths, dtype)
     _resize_heads(root, hf, config, heads)
+    _resize_gathers(root, hf, config, gathers)
     try:
         state = load_file(str(root / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
@@ -118,7 +122,7 @@ def load_pruned(
 
 
 def _read_record(root: Path, name: str | None):
-    """``(record, widths, heads, dtype, has_lm_head, name)`` from a saved model's
+    """``(record, widths, heads, gathers, dtype, has_lm_head, name)`` from a saved model's
     ``pruning.json``,
     every file checked present and the record checked whole."""
     if not root.is_dir():
@@ -145,6 +149,7 @@ def _read_record(root: Path, name: str | None):
         heads = [
             (str(st), int(layer), int(q), int(kv)) for st, layer, q, kv in meta.get("heads", [])
         ]
+        gathers = [(str(st), int(layer), int(k)) for st, layer, k in meta.get("attn_out", [])]
         dtype = getattr(torch, str(meta["dtype"]))
         has_lm_head = bool(meta["has_lm_head"])
         label = name or str(meta["name"])
@@ -155,12 +160,18 @@ def _read_record(root: Path, name: str | None):
     if not isinstance(dtype, torch.dtype):
         raise NeuronLensError(f"{root / RECORD_FILE}: unknown dtype {meta['dtype']!r}")
     saved = widths | {f"{st}.{layer}.heads": q for st, layer, q, _ in heads}
-    if record.widths != saved:
+    # an attention output keeps its width when features are removed: only the pruned ones
+    # are listed (with the features they read)
+    saved |= {f"{st}.{layer}.attn_out": k for st, layer, k in gathers}
+    listed = {k: v for k, v in record.widths.items() if not k.endswith(".attn_out")}
+    listed |= {f"{st}.{layer}.attn_out": record.widths.get(f"{st}.{layer}.attn_out")
+               for st, layer, _ in gathers}  # fmt: skip
+    if listed != saved:
         raise ShapeMismatchError(
             f"{root / RECORD_FILE}: the record's kept neurons {record.widths} do not match the "
             f"saved site widths {saved}"
         )
-    return record, widths, heads, dtype, has_lm_head, label
+    return record, widths, heads, gathers, dtype, has_lm_head, label
 
 
 def _head_rows(model: NeuronModel, hf: nn.Module) -> list[list]:
@@ -171,6 +182,35 @@ def _head_rows(model: NeuronModel, hf: nn.Module) -> list[list]:
         n_q, n_kv = head_counts(hf, stacks[site.stack], site.layer, model.head_dim)
         rows.append([site.stack, site.layer, n_q, n_kv])
     return rows
+
+
+def _gather_rows(model: NeuronModel, hf: nn.Module) -> list[list]:
+    """``[stack, layer, features read]`` of every attention output with pruned inputs."""
+    rows = []
+    for stack in model.stacks:
+        for layer in range(len(getattr(model.bridge, stack.bridge_name))):
+            n = gathered_inputs(hf, stack, layer)
+            if n is not None:
+                rows.append([stack.bridge_name, layer, n])
+    return rows
+
+
+def _resize_gathers(root: Path, hf: nn.Module, config, gathers: list[tuple]) -> None:
+    """Give the freshly built model's attention outputs the saved numbers of inputs."""
+    if not gathers:
+        return
+    family, _ = family_for_architecture(config.architectures[0])
+    by_stack = {st.bridge_name: st for st in family.resolve(config)[1]}
+    for stack_name, layer, n in gathers:
+        if stack_name not in by_stack:
+            raise NeuronLensError(f"{root / RECORD_FILE} names stack {stack_name!r}")
+        try:
+            resize_inputs(hf, by_stack[stack_name], layer, n)
+        except (AttributeError, IndexError) as e:
+            raise ShapeMismatchError(
+                f"{root / RECORD_FILE} names attention layer {stack_name}.{layer}, which the "
+                "saved config's model does not have"
+            ) from e
 
 
 def _resize_heads(root: Path, hf: nn.Module, config, heads: list[tuple]) -> None:

@@ -48,6 +48,9 @@ def plain_hf_model(model: NeuronModel) -> transformers.PreTrainedModel:
             counts = head_counts(src, stack, layer, model.head_dim)
             if counts != head_counts(fresh, stack, layer, model.head_dim):
                 resize_heads(fresh, stack, layer, *counts, model.head_dim)
+            gathered = gathered_inputs(src, stack, layer)
+            if gathered is not None:
+                resize_inputs(fresh, stack, layer, gathered)
     with torch.no_grad():
         for name, tensor in named_tensors(fresh):
             owner_path, _, attr = name.rpartition(".")
@@ -160,7 +163,9 @@ def linear_like(
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an nn.Linear or Conv1D."""
+    """(in_features, out_features) of an nn.Linear, Conv1D or :class:`GatherLinear`."""
+    if isinstance(module, GatherLinear):
+        return module.in_features, module.out_features
     if is_conv1d(module):
         return int(module.weight.shape[0]), int(module.weight.shape[1])
     return int(module.weight.shape[1]), int(module.weight.shape[0])
@@ -336,3 +341,80 @@ def _set_counts(mod: nn.Module, att: Attention, n_heads: int, head_dim: int, per
         setattr(counted, width_attr, n_heads * head_dim)
     if per_group is not None:
         mod.num_key_value_groups = per_group
+
+
+# ---------------------------------------------------------------------- attention output inputs
+class GatherLinear(nn.Module):
+    """The attention output projection with some input features removed: it reads only the
+    features ``kept`` of its full-width input (the attention still computes every head at
+    full width, so the input keeps its width; the removed features' weights are gone, and
+    the result equals the full projection with those features zeroed).
+
+    Attributes:
+        in_features: the full input width (what the attention produces).
+        out_features: the output width (``d_model``).
+        kept: indices (into the full input) of the features read.
+    """
+
+    def __init__(self, in_features: int, kept: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(weight.shape[0])
+        self.register_buffer("kept", kept.long())
+        self.weight = nn.Parameter(weight, requires_grad=False)  # [out, len(kept)]
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x.index_select(-1, self.kept), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, kept={self.kept.numel()}, out={self.out_features}"
+
+
+def attention_output(hf: nn.Module, stack: Stack, layer: int) -> tuple[nn.Module, str, str]:
+    """``(attention module, name of its output projection, dotted path)`` of one layer."""
+    att = attention_table(stack, "prune the attention output of")
+    where = att.path.format(i=layer)
+    return get_module(hf, where), att.o, f"{where}.{att.o}"
+
+
+def gather_inputs(hf: nn.Module, stack: Stack, layer: int, kept: Tensor) -> None:
+    """Keep input features ``kept`` (indices into the full width) of one attention output
+    projection of a plain HF model, in place."""
+    mod, name, where = attention_output(hf, stack, layer)
+    out = get_module(mod, name)
+    kept = torch.unique(kept.long().cpu())
+    if isinstance(out, GatherLinear):
+        weight, bias, full, current = out.weight, out.bias, out.in_features, out.kept.cpu()
+        pos = {int(i): p for p, i in enumerate(current.tolist())}
+        if any(int(i) not in pos for i in kept):
+            raise ShapeMismatchError(f"{where}: keeps features that were removed before")
+        cols = torch.tensor([pos[int(i)] for i in kept], dtype=torch.long)
+    else:
+        check_linear(out, where)
+        full = linear_dims(out)[0]
+        weight = out.weight.t() if is_conv1d(out) else out.weight
+        bias, cols = out.bias, kept
+    w = weight.detach()[:, cols.to(weight.device)].clone()
+    b = None if bias is None else bias.detach().clone()
+    set_module(mod, name, GatherLinear(full, kept.to(w.device), w, b))
+
+
+def resize_inputs(hf: nn.Module, stack: Stack, layer: int, n_kept: int) -> None:
+    """Give one attention output projection ``n_kept`` input features (uninitialised
+    weights, placeholder indices), as a saved model has them."""
+    mod, name, where = attention_output(hf, stack, layer)
+    out = get_module(mod, name)
+    check_linear(out, where)
+    full, d_out = linear_dims(out)
+    w = torch.empty(d_out, n_kept, dtype=out.weight.dtype, device=out.weight.device)
+    b = None if out.bias is None else torch.empty_like(out.bias)
+    set_module(mod, name, GatherLinear(full, torch.arange(n_kept), w, b))
+
+
+def gathered_inputs(hf: nn.Module, stack: Stack, layer: int) -> int | None:
+    """How many input features one attention output projection reads (None: all)."""
+    if isinstance(stack.attention, str):
+        return None
+    out = get_module(*attention_output(hf, stack, layer)[:2])
+    return int(out.kept.numel()) if isinstance(out, GatherLinear) else None
