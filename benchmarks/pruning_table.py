@@ -259,38 +259,52 @@ def run_selection(model, task, data, prompt, store: Store, args, trial: int) -> 
     print(f"[{key}] {rows}", flush=True)
 
 
+#: the module comparison: unit key suffix -> rows (name -> the kinds pruned, half each)
+MODULE_UNITS = {
+    "modules": {"ffn": ("ffn",), "heads": ("heads",), "both": ("ffn", "heads")},
+    # the papers' "attention output" (O's inputs) and "all linears" (FFN + O)
+    "modules-attn": {"attn_out": ("attn_out",), "all": ("ffn", "attn_out")},
+}
+
+
 def run_modules(model, task, data, prompt, store: Store, args) -> None:
-    """FFN neurons vs attention heads vs both, half of each kept, by attribution."""
+    """FFN neurons vs attention heads vs attention-output inputs vs combinations, half of
+    each layer's units kept by attribution."""
     train, val, evald = data
-    key = f"{task.name}/modules-0"
-    if store.get(key) is not None:
-        return
     retrain = retrain_kwargs(args)
-    ffn = attribute(model, prompt, task, train, n=20, seed=0, progress=False)
-    heads = attribute(model, prompt, task, train, n=20, seed=0, modules="heads", progress=False)
-    rows = {}
-    for name, keep in (("ffn", [ffn]), ("heads", [heads]), ("both", [ffn, heads])):
-        kept = {}
-        for sc in keep:  # half of every layer's neurons / heads
-            kept |= sc.top(percent=50, per_layer=True).indices
-        pruned = prune_model(model, kept)
-        re = retrain_prompt(pruned, prompt, task, train=train, **retrain)
-        rec = pruned.pruning
-        rows[name] = {
-            "no_retrain": acc(pruned, prompt, evald),
-            "retrained": acc(pruned, re, evald),
-            "kept_ratio": rec.kept_ratio,
-            "heads_kept_ratio": rec.heads_kept_ratio,
-            "flop_ceiling": round(
-                flop_ceiling(model, rec.kept_ratio, 148, heads_kept_ratio=rec.heads_kept_ratio), 3
-            ),
-            "kept": rec.kept,
-        }
-    store.put(key, {"rows": rows, "base": acc(model, prompt, evald)})
-    print(
-        f"[{key}] " + str({k: (v["no_retrain"], v["retrained"]) for k, v in rows.items()}),
-        flush=True,
-    )
+    scores = {}
+    for unit, rows_spec in MODULE_UNITS.items():
+        key = f"{task.name}/{unit}-0"
+        if store.get(key) is not None:
+            continue
+        rows = {}
+        for name, kinds in rows_spec.items():
+            kept = {}
+            for kind in kinds:  # half of every layer's neurons / heads / features
+                if kind not in scores:
+                    scores[kind] = attribute(
+                        model, prompt, task, train, n=20, seed=0, modules=kind, progress=False
+                    )
+                kept |= scores[kind].top(percent=50, per_layer=True).indices
+            pruned = prune_model(model, kept)
+            re = retrain_prompt(pruned, prompt, task, train=train, **retrain)
+            rec = pruned.pruning
+            ceiling = flop_ceiling(model, rec.kept_ratio, 148, heads_kept_ratio=rec.heads_kept_ratio,
+                                   attn_out_kept_ratio=rec.attn_out_kept_ratio)  # fmt: skip
+            rows[name] = {
+                "no_retrain": acc(pruned, prompt, evald),
+                "retrained": acc(pruned, re, evald),
+                "kept_ratio": rec.kept_ratio,
+                "heads_kept_ratio": rec.heads_kept_ratio,
+                "attn_out_kept_ratio": rec.attn_out_kept_ratio,
+                "flop_ceiling": round(ceiling, 3),
+                "kept": rec.kept,
+            }
+        store.put(key, {"rows": rows, "base": acc(model, prompt, evald)})
+        print(
+            f"[{key}] " + str({k: (v["no_retrain"], v["retrained"]) for k, v in rows.items()}),
+            flush=True,
+        )
 
 
 def run_sweeps(model, task, data, prefix, store: Store, args) -> None:
@@ -364,7 +378,7 @@ def speed(args) -> None:
         r = json.loads(p.read_text())
         if r.get("kept") is not None:  # a search's pruned model
             found[f"{p.parent.name}/{p.stem}"] = r["kept"]
-        if p.stem.startswith("modules-"):  # the module comparison's three pruned models
+        if p.stem.startswith("modules-"):  # the module comparison's pruned models
             for name, row in r["rows"].items():
                 found[f"{p.parent.name}/{p.stem}/{name}"] = row["kept"]
     models = {"unpruned": model} | {k: prune_model(model, v) for k, v in found.items()}
@@ -461,23 +475,24 @@ def extras(runs: dict, speeds: dict, tasks) -> list[str]:
                     f"| {m} | {ms([r['rows'][m]['no_retrain'] for r in sel])} | "
                     f"{ms([r['rows'][m]['retrained'] for r in sel])} |"
                 )
-        mod = runs.get(f"{t}/modules-0")
-        if mod:
+        mods = [(u, runs[f"{t}/{u}-0"]) for u in MODULE_UNITS if f"{t}/{u}-0" in runs]
+        if mods:
             lines += [
                 f"\nModules, {t} (half of each layer's units kept by attribution; "
-                f"unpruned {mod['base']}):",
+                f"unpruned {mods[0][1]['base']}):",
                 "",
-                "| pruned | FFN kept | heads kept | no re-training | re-trained | "
+                "| pruned | FFN kept | heads kept | attn_out kept | no re-training | re-trained | "
                 "speed-up (measured) | FLOP ceiling |",
-                "|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|",
             ]
-            for name, r in mod["rows"].items():
-                sp = speeds.get(f"{t}/modules-0/{name}")
-                lines.append(
-                    f"| {name} | {r['kept_ratio']:.2f} | {r['heads_kept_ratio']:.2f} | "
-                    f"{r['no_retrain']} | {r['retrained']} | {sp or '-'} | "
-                    f"{r['flop_ceiling']} |"
-                )
+            for unit, mod in mods:
+                for name, r in mod["rows"].items():
+                    sp = speeds.get(f"{t}/{unit}-0/{name}")
+                    lines.append(
+                        f"| {name} | {r['kept_ratio']:.2f} | {r['heads_kept_ratio']:.2f} | "
+                        f"{r.get('attn_out_kept_ratio', 1.0):.2f} | {r['no_retrain']} | "
+                        f"{r['retrained']} | {sp or '-'} | {r['flop_ceiling']} |"
+                    )
         sw = runs.get(f"{t}/sweeps-0")
         if sw:
             lines += [

@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="output folder (default: neuronlens-out/<config name>)"
     )
     study.add_argument("--fresh", action="store_true", help="recompute every step (no resume)")
+    study.add_argument(
+        "--plotly-js",
+        choices=["inline", "cdn"],
+        default="inline",
+        help="inline: the report carries Plotly's JavaScript (4.7 MB, opens offline); "
+        "cdn: a small report that loads it from Plotly's CDN when opened",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)  # a multi-task study when it lists tasks
             out = args.out or str(Path("neuronlens-out") / Path(args.config).stem)
             run = run_multitask_study if isinstance(cfg, MultiTaskConfig) else run_study
-            run(cfg, out, resume=not args.fresh)
+            run(cfg, out, resume=not args.fresh, plotly_js=args.plotly_js)
     except NeuronLensError as err:
         print(f"neuronlens: error: {err}", file=sys.stderr)
         return 2

@@ -66,6 +66,11 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
     assert "loaded" in capsys.readouterr().out
     # the resumed report is as complete as the first (figures rebuilt from the saved results)
     assert (out / "report.html").read_text().count("Plotly.newPlot") == n_figures
+    # a small report that loads Plotly from its CDN: the same figures, without the library
+    assert main(["study", str(cfg), "--out", str(out), "--plotly-js", "cdn"]) == 0
+    small = (out / "report.html").read_text()
+    assert small.count("Plotly.newPlot") == n_figures and "cdn.plot.ly" in small
+    assert len(small) < len(html) - 3_000_000
     assert second["suppression"] == first["suppression"]
     (out / "suppression.json").write_text("[1, 2]")  # damaged: recomputed, not a crash
     assert main(["study", str(cfg), "--out", str(out)]) == 0

@@ -42,7 +42,7 @@ from neuronlens.io import write_text_atomic
 from neuronlens.probes import NeuronScores, predictivity
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskSpec
-from neuronlens.study.report import steps_rows, write_page
+from neuronlens.study.report import check_plotly_js, steps_rows, write_page
 from neuronlens.study.single import load_study_model, study_data, study_positions
 from neuronlens.study.steps import Step, data_id, digest, model_id, remove_stale, run_steps
 from neuronlens.tasks import get_task
@@ -399,10 +399,17 @@ def _sections(name: str, run: MultiRun, summary: dict) -> list:
 
 
 def run_multitask_study(
-    cfg: MultiTaskConfig, out: str | Path, *, resume: bool = True, log=print
+    cfg: MultiTaskConfig,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    log=print,
+    plotly_js: str = "inline",
 ) -> dict:
     """Run (or resume) a multi-task study; returns the summary also written to
-    ``out/summary.json``; ``out/report.html`` shows every model's tables and figures."""
+    ``out/summary.json``; ``out/report.html`` shows every model's tables and figures
+    (``plotly_js="cdn"``: a small page that loads Plotly from its CDN)."""
+    check_plotly_js(plotly_js)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
@@ -423,7 +430,7 @@ def run_multitask_study(
         sections.append((f"{model.name}: steps", steps_rows(steps_summary["steps"])))
     sections.insert(0, ("accuracy by dataset and model", _overview(summary)))
     title = f"neuronlens multi-task study: {', '.join(summary['models'])}"
-    write_page(out / "report.html", title, sections)
+    write_page(out / "report.html", title, sections, plotly_js=plotly_js)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
     log(f"report: {out / 'report.html'}")
     return summary

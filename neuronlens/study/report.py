@@ -7,6 +7,7 @@ import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from neuronlens.errors import NeuronLensError
 from neuronlens.io import write_text_atomic
 
 _STYLE = (
@@ -45,20 +46,33 @@ def steps_rows(steps: Mapping[str, dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def write_page(path: Path, title: str, sections: Sequence[tuple[str, object]]) -> None:
+PLOTLY_JS = ("inline", "cdn")
+"""Where a report's Plotly JavaScript comes from: written into the page (about 4.7 MB, works
+offline) or loaded from Plotly's CDN when the page is opened (a small page, needs a network)."""
+
+
+def check_plotly_js(plotly_js: str) -> None:
+    if plotly_js not in PLOTLY_JS:
+        raise NeuronLensError(f"plotly_js must be one of {PLOTLY_JS}, got {plotly_js!r}")
+
+
+def write_page(
+    path: Path, title: str, sections: Sequence[tuple[str, object]], *, plotly_js: str = "inline"
+) -> None:
     """``sections``: ``(heading, content)`` pairs; content is a Plotly figure, a table (a
-    list of dicts, or a dict) or a string of text."""
+    list of dicts, or a dict) or a string of text. ``plotly_js``: see :data:`PLOTLY_JS`."""
+    check_plotly_js(plotly_js)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         _STYLE + "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
-    plotly_js = True
+    js: bool | str = True if plotly_js == "inline" else "cdn"
     for heading, content in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         if hasattr(content, "to_html"):
-            parts.append(content.to_html(full_html=False, include_plotlyjs=plotly_js))
-            plotly_js = False
+            parts.append(content.to_html(full_html=False, include_plotlyjs=js))
+            js = False
         elif isinstance(content, str):
             parts.append(f"<p>{html.escape(content)}</p>")
         else:
@@ -67,7 +81,7 @@ def write_page(path: Path, title: str, sections: Sequence[tuple[str, object]]) -
     write_text_atomic(path, "\n".join(parts))
 
 
-def write_report(path: Path, summary: dict, figures: dict) -> None:
+def write_report(path: Path, summary: dict, figures: dict, *, plotly_js: str = "inline") -> None:
     """The single-task study's page: its figures, prompt accuracy, pruning, suppression and
     the steps (reused or computed)."""
     accuracy = {f"seed {k}": v for k, v in summary["prompt_accuracy"].items()}
@@ -78,4 +92,5 @@ def write_report(path: Path, summary: dict, figures: dict) -> None:
         ("suppression", summary["suppression"]),
         ("steps", steps_rows(summary["steps"])),
     ]
-    write_page(path, f"neuronlens study: {summary['model']} on {summary['task']}", sections)
+    title = f"neuronlens study: {summary['model']} on {summary['task']}"
+    write_page(path, title, sections, plotly_js=plotly_js)

@@ -68,7 +68,7 @@ from neuronlens.pruning import (
     save_pruned,
 )
 from neuronlens.study.config import MAX_VAL, VALIDATION, ConfigError, StudyConfig
-from neuronlens.study.report import write_report
+from neuronlens.study.report import check_plotly_js, write_report
 from neuronlens.study.steps import Step, data_id, model_id, remove_stale, run_steps
 from neuronlens.tasks import get_task, sentence_disjoint_split
 from neuronlens.tasks.synthetic import toy_vocabulary
@@ -331,14 +331,23 @@ STUDY_STEPS = (
 )
 
 
-def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=print) -> dict:
+def run_study(
+    cfg: StudyConfig,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    log=print,
+    plotly_js: str = "inline",
+) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``.
 
     Each step of :data:`STUDY_STEPS` is reused from ``out`` only when everything that made
     it is unchanged (:mod:`neuronlens.study.steps`: its config fields, the model, the data,
     the library version, the steps it uses); otherwise it is computed again, and the log and the report
     say which steps were reused and why the others were not. Every file is written
-    atomically, so a study killed at any moment resumes from its last finished step."""
+    atomically, so a study killed at any moment resumes from its last finished step.
+    ``plotly_js="cdn"``: a small report that loads Plotly's JavaScript from its CDN."""
+    check_plotly_js(plotly_js)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)  # what a killed run left
@@ -358,7 +367,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, resume: bool = True, log=pri
         "steps": {},
     }
     run_steps(run, list(STUDY_STEPS), summary, resume=resume, log=log)
-    write_report(out / "report.html", summary, _figures(run, summary))
+    write_report(out / "report.html", summary, _figures(run, summary), plotly_js=plotly_js)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     log(f"report: {out / 'report.html'}")
     return summary
