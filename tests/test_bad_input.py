@@ -16,6 +16,7 @@ from neuronlens.errors import NeuronLensError
 from neuronlens.neurons import NeuronScores, NeuronSet
 from neuronlens.plots import neuron_heatmap
 from neuronlens.pruning import flop_ceiling, load_pruned, prune_model, skeleton_search, skip_search
+from neuronlens.study import DEMO, run_study
 
 from .probe_fixtures import fake_prompt, tiny, word_task
 
@@ -66,6 +67,11 @@ CASES = {
     "attribute n str": lambda m, t, p, tr, d, s: nl.attribute(m, p, t, tr, n="20"),
     "prune index out of range": lambda m, t, p, tr, d, s: prune_model(m, {"blocks.0": [100]}),
     "flop ratio 2": lambda m, t, p, tr, d, s: flop_ceiling(m, 2.0),
+    "flop attn_out ratio 2": lambda m, t, p, tr, d, s: flop_ceiling(m, 1.0, attn_out_kept_ratio=2),
+    "prune attn_out out of range": lambda m, t, p, tr, d, s: prune_model(
+        m, {"blocks.0.attn_out": [0, 99]}
+    ),
+    "report plotly_js": lambda m, t, p, tr, d, s: run_study(DEMO, "/tmp/x", plotly_js="offline"),
     "skeleton psi -1": lambda m, t, p, tr, d, s: skeleton_search(
         m, p, t, train=tr, eval_data=d, psi=-1
     ),
