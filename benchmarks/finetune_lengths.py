@@ -45,7 +45,7 @@ def run(args) -> None:
                                 weights_lr=lr, max_steps=steps, batch_size=16, max_length=128,
                                 progress=False)  # fmt: skip
             row = {"settings": settings, "accuracy": acc(ft, res, evald),
-                   "final_loss": res.history[-1].get("loss"),
+                   "final_loss": res.history[-1].get("train_loss"),
                    "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(row))
