@@ -166,3 +166,53 @@ def _write(tmp_path, text: str):
     path = tmp_path / "multi.toml"
     path.write_text(text)
     return path
+
+
+def _swap_task(seed: int) -> None:
+    rows = word_task(n=120, seed=seed, name="mt_swap").load("train")
+    other = word_task(n=10, name="mt_swap")
+    register_task(
+        Task.from_lists(
+            "mt_swap", label_names=other.label_names, template=other.template,
+            verbalizer=other.verbalizer, label_space=other.label_space,
+            splits={"dev": (rows.texts, rows.labels)},
+        ),
+        replace=True,
+    )  # fmt: skip
+
+
+def test_a_changed_task_recomputes_only_its_steps(tmp_path):
+    """Each task's steps key that task's data: new rows for one task redo its steps and the
+    steps across tasks, and reuse the other task's. A key saved when every step keyed the
+    whole study's data is still reused while all the data is unchanged."""
+    from neuronlens.study.steps import digest
+
+    _swap_task(seed=9)
+    cfg = load_config(_write(tmp_path, CONFIG.replace('"mt_other"', '"mt_swap"')))
+    out = tmp_path / "out"
+    first = run_multitask_study(cfg, out, log=lambda *_: None)["models"]["tiny:bert"]["steps"]
+    # new rows for mt_swap: its steps and the cross-task ones are redone, toy_sentiment's not
+    _swap_task(seed=10)
+    try:
+        steps = run_multitask_study(cfg, out, log=lambda *_: None)["models"]["tiny:bert"]["steps"]
+    finally:
+        _swap_task(seed=9)
+    redone = sorted(n for n, s in steps.items() if not s["loaded"])
+    assert redone == sorted(
+        ["prompts/mt_swap", "predictivity/mt_swap", "suppression/mt_swap", "accuracy",
+         "transfer", "specificity"]
+    )  # fmt: skip
+    assert "data" in steps["prompts/mt_swap"]["why"]
+    run_multitask_study(cfg, out, log=lambda *_: None)  # back to the first rows
+    model_dir = next(p for p in out.iterdir() if (p / "steps").is_dir())
+    files = {n: model_dir / "steps" / f"{n.replace('/', '--')}.json" for n in first}
+    keys = {n: json.loads(f.read_text()) for n, f in files.items()}
+    whole = keys["accuracy"]["data"]
+    assert keys["prompts/toy_sentiment"]["data"] != whole  # the task's own data
+    # the keys an older version wrote (every step: the whole study's data): still reused
+    for name in first:  # in the study's order, so the digests chain as they did
+        keys[name] = {**keys[name], "data": whole,
+                      "uses": {u: digest(keys[u]) for u in keys[name]["uses"]}}  # fmt: skip
+        files[name].write_text(json.dumps(keys[name]))
+    steps = run_multitask_study(cfg, out, log=lambda *_: None)["models"]["tiny:bert"]["steps"]
+    assert all(s["loaded"] for s in steps.values())

@@ -421,8 +421,12 @@ def run_multitask_study(
         log(f"model {i} of {len(cfg.models)}: {name}")
         model = load_study_model(name)
         every = [split for ts in splits.values() for split in ts.splits()]
-        run = MultiRun(cfg, out / _slug(name), model, splits, log,
-                       identity={"model": model_id(model), "data": data_id(*every)})  # fmt: skip
+        identity = {
+            "model": model_id(model),
+            "data": data_id(*every),
+            "data_by_task": {t: data_id(*ts.splits()) for t, ts in splits.items()},
+        }
+        run = MultiRun(cfg, out / _slug(name), model, splits, log, identity=identity)
         steps_summary: dict = {}
         run_steps(run, study_steps(run), steps_summary, resume=resume, log=log)
         summary["models"][model.name] = {**_model_summary(run), "steps": steps_summary["steps"]}

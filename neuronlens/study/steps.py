@@ -65,12 +65,18 @@ def model_id(model) -> dict:
 
 
 def step_key(run, step: Step, keys: dict[str, dict]) -> dict:
-    """Everything that made a step's result (see the module docstring)."""
+    """Everything that made a step's result (see the module docstring). A step of one task
+    of a multi-task study (``extra["task"]``) keys only that task's data
+    (``identity["data_by_task"]``), so changing another task does not redo it."""
+    data = run.identity["data"]
+    by_task = run.identity.get("data_by_task") or {}
+    if step.extra.get("task") in by_task:
+        data = by_task[step.extra["task"]]
     return {
         "config": {f: getattr(run.cfg, f) for f in step.inputs},
         "extra": step.extra,
         "model": run.identity["model"],
-        "data": run.identity["data"],
+        "data": data,
         "neuronlens": nl.__version__,
         "uses": {u: digest(keys[u]) for u in step.uses},
     }
@@ -95,22 +101,29 @@ def _key_file(out: Path, name: str) -> Path:
 
 
 def run_step(run, step: Step, key: dict, resume: bool):
-    """``(value, loaded, why)``: the saved result when its key matches, else computed (and
-    its key written last, so a step killed before the end counts as unfinished)."""
+    """``(value, loaded, why, key)``: the saved result when its key matches, else computed
+    (and its key written last, so a step killed before the end counts as unfinished); the
+    key returned is the one the result was made with (what later steps' keys digest).
+
+    A key saved when every step keyed the whole study's data (before per-task keys) still
+    matches while that whole-study fingerprint is unchanged."""
     key_file = _key_file(run.out, step.name)
     why = "--fresh"
     if resume:
         saved = json.loads(key_file.read_text()) if key_file.is_file() else None
         why = why_not(saved, key)
+        older = saved is not None and saved.get("data") == run.identity["data"]
+        if why is not None and older and why_not(saved, {**key, "data": saved["data"]}) is None:
+            why, key = None, saved  # an older key: all the data is unchanged
         if why is None:
             value = step.load(run)
             if value is not None:
-                return value, True, None
+                return value, True, None, key
             why = "saved result missing or unreadable"
     run.step_key = key  # for steps that keep finished parts of themselves (prompt seeds)
     value = step.compute(run)
     write_text_atomic(key_file, json.dumps(key, indent=2, sort_keys=True, default=str))
-    return value, False, why
+    return value, False, why, key
 
 
 def remove_stale(out: Path) -> None:
@@ -130,7 +143,7 @@ def run_steps(run, steps: list[Step], summary: dict, *, resume: bool, log) -> No
         log(f"[{step.name}] step {i} of {len(steps)} ({time.perf_counter() - started:.0f} s in)")
         t0 = time.perf_counter()
         keys[step.name] = step_key(run, step, keys)
-        value, loaded, why = run_step(run, step, keys[step.name], resume)
+        value, loaded, why, keys[step.name] = run_step(run, step, keys[step.name], resume)
         run.results[step.name] = value
         summary.update(step.summary(run, value))
         seconds = time.perf_counter() - t0
