@@ -177,13 +177,7 @@ def slice_site(hf: nn.Module, stack: Stack, layer: int, idx: Tensor) -> None:
     where = f"{stack.hf_ffn.format(i=layer)}"
     k = int(idx.numel())
     for name in stack.hf_in:
-        lin = get_module(ffn, name)
-        check_linear(lin, f"{where}.{name}")
-        d_in, _ = linear_dims(lin)
-        w = lin.weight.detach()
-        w = w[:, idx].clone() if is_conv1d(lin) else w[idx].clone()
-        b = None if lin.bias is None else lin.bias.detach()[idx].clone()
-        set_module(ffn, name, linear_like(lin, d_in, k, w, b))
+        _keep_outputs(ffn, name, idx, where)
     out = get_module(ffn, stack.hf_out)
     check_linear(out, f"{where}.{stack.hf_out}")
     _, d_out = linear_dims(out)
