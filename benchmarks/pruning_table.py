@@ -1,4 +1,5 @@
-"""The pruning papers' tables on real data: tuning methods, SKELETON and SKIP on MiniLM.
+"""The pruning papers' tables on real data: tuning methods, SKELETON and SKIP on MiniLM
+(``--model smollm2``: SmolLM2-135M).
 
 Per task and trial (seed): fine-tuning, prompt tuning, prefix tuning (trained until its
 training loss converges, as SKIP prunes it) and P-tuning, each on the same training rows;
@@ -63,6 +64,12 @@ SPLITS = {
     "mrpc": "train and 300 validation rows: MRPC train; eval: MRPC dev (408)",
     "cb": "train: FewGLUE's 32 rows; validation: dev32 (32); eval: SuperGLUE val (56)",
 }
+
+
+def load(name: str):
+    """MiniLM (a linear head on the pooled input) or SmolLM2 (its verbalizer at the answer
+    position), as section 1 of docs/results.md reads them."""
+    return nl.load_minilm() if name == "minilm" else nl.load_smollm2()
 
 
 def splits(name: str, args) -> tuple:
@@ -342,8 +349,10 @@ def run(args) -> None:
         for k in ("steps", "retrain", "train", "val", "eval", "ft_lr", "compare_ratio")
     }
     settings["prefix_lr"] = DEFAULT_LR["prefix"]  # the library default prefix tuning uses
+    if args.model != "minilm":
+        settings["model"] = args.model  # (MiniLM's units predate the field)
     store = Store(Path(args.out), settings)
-    model = nl.load_minilm()
+    model = load(args.model)
     loaded = {}
     for name in args.tasks:
         task, train, val, evald = splits(name, args)
@@ -371,7 +380,7 @@ def run(args) -> None:
 
 def speed(args) -> None:
     """Measured speed-up of every pruned model found (alone on the machine)."""
-    model = nl.load_minilm()
+    model = load(args.model)
     out = Path(args.out)
     found = {}
     for p in sorted(out.glob("*/*.json")):
@@ -533,6 +542,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--out", default="runs/pruning-table")
+    ap.add_argument("--model", choices=["minilm", "smollm2"], default="minilm")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60, help="training steps of every method")
     ap.add_argument("--retrain", type=int, default=30, help="re-training steps after a prune")

@@ -249,6 +249,21 @@ def prune_model(
         keep_idx[site_name] = idx
     _check_layers(model, keep_idx, sites)
     record = _composed_record(model, keep_idx, description)
+    hf = _sliced_copy(model, sites, keep_idx, record)
+    with torch.no_grad():
+        pruned = load_model(
+            hf,
+            model.tokenizer,
+            device=model.device,
+            name=name or model.name,
+            has_lm_head=model.has_lm_head,
+        )
+    pruned.pruning = record
+    return pruned
+
+
+def _sliced_copy(model: NeuronModel, sites: dict, keep_idx: dict[str, Tensor], record):
+    """A plain HF copy of ``model`` with only the kept units of every chosen site."""
     hf = plain_hf_model(model)
     stacks = {st.bridge_name: st for st in model.stacks}
     for site_name, idx in keep_idx.items():
@@ -266,16 +281,7 @@ def prune_model(
         else:
             slice_site(hf, stacks[site.stack], site.layer, idx.to(model.device))
     set_config_width(hf.config, {k: v for k, v in record.widths.items() if k in _ffn_names(model)})
-    with torch.no_grad():
-        pruned = load_model(
-            hf,
-            model.tokenizer,
-            device=model.device,
-            name=name or model.name,
-            has_lm_head=model.has_lm_head,
-        )
-    pruned.pruning = record
-    return pruned
+    return hf
 
 
 def prunable_sites(model: NeuronModel) -> tuple:
