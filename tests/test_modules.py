@@ -470,6 +470,12 @@ def test_attn_out_pruning_from_scores_and_refusals():
     assert both.pruning.kept["blocks.0.attn_out"] == list(range(2 * hd))
     assert both.pruning.original_widths["blocks.0.attn_out"] == 4 * hd
     assert both.pruning.kept["blocks.1.attn_out"] == [0, 5]
+    # the head-pruned layer can lose more heads; the feature-pruned one cannot lose heads
+    fewer = prune_model(both, {"blocks.0.heads": [1]})
+    assert fewer.pruning.kept["blocks.0.heads"] == [1]
+    assert fewer.pruning.kept["blocks.0.attn_out"] == list(range(hd, 2 * hd))
+    with pytest.raises(NeuronLensError, match="both whole heads and single"):
+        prune_model(both, {"blocks.1.heads": [0, 1, 2]})
 
 
 def test_head_pruning_refusals():

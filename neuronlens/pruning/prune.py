@@ -327,12 +327,13 @@ def _composed_record(
     original: dict[str, int] = {}
     for site_name, site in sites.items():
         heads_name = site_name.removesuffix(".attn_out") + ".heads"
+        if _is_attn_out(site_name) and len(kept.get(heads_name, ())) < original.get(heads_name, 0):
+            dh = model.head_dim  # a layer that lost heads reads exactly their features
+            kept[site_name] = [h * dh + j for h in kept[heads_name] for j in range(dh)]
+            original[site_name] = original[heads_name] * dh
+            continue
         if prev is not None and site_name in prev.kept:
             current, original[site_name] = prev.kept[site_name], prev.original_widths[site_name]
-        elif _is_attn_out(site_name) and prev is not None and heads_name in prev.kept:
-            dh = model.head_dim  # listed after its heads were pruned: their features
-            current = [h * dh + j for h in prev.kept[heads_name] for j in range(dh)]
-            original[site_name] = prev.original_widths[heads_name] * dh
         else:
             current, original[site_name] = list(range(site.width)), site.width
         if _is_attn_out(site_name):
@@ -368,8 +369,12 @@ def _check_layers(model: NeuronModel, keep_idx: dict[str, Tensor], sites: dict) 
 
     def cut(name: str) -> bool:
         now = name in keep_idx and int(keep_idx[name].numel()) < sites[name].width
-        before = prev is not None and name in prev.kept
-        return now or (before and len(prev.kept[name]) < prev.original_widths[name])
+        if prev is None or name not in prev.kept:
+            return now
+        # heads shrink their site; an attention output keeps its width (a head-pruned
+        # layer's lists exactly its heads' features, all of them still read)
+        full = prev.original_widths[name] if _is_heads(name) else sites[name].width
+        return now or len(prev.kept[name]) < full
 
     for name in sites:
         if _is_heads(name) and name in sites and cut(name):
