@@ -11,6 +11,9 @@ Two families need help beyond smaller q/k/v/o linears:
   keeps the original heads' indices (``kept_heads``): it adds only their columns of the
   shared bias and passes the whole bias on. :func:`fix_bias_hooks` makes the bridge's
   attention-score hooks read the same columns.
+
+And in every family, an attention output projection whose input features were pruned is a
+:class:`GatherLinear`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import copy
 import types
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _t5_attention():
@@ -146,3 +149,30 @@ def fix_bias_hooks(bridge: torch.nn.Module) -> None:
             getattr(module, "original_component", None), cls
         ):
             module._reconstruct_bias_scores = types.MethodType(scores, module)
+
+
+class GatherLinear(nn.Module):
+    """The attention output projection with some input features removed: it reads only the
+    features ``kept`` of its full-width input (the attention still computes every head at
+    full width, so the input keeps its width; the removed features' weights are gone, and
+    the result equals the full projection with those features zeroed).
+
+    Attributes:
+        in_features: the full input width (what the attention produces).
+        out_features: the output width (``d_model``).
+        kept: indices (into the full input) of the features read.
+    """
+
+    def __init__(self, in_features: int, kept: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(weight.shape[0])
+        self.register_buffer("kept", kept.long())
+        self.weight = nn.Parameter(weight, requires_grad=False)  # [out, len(kept)]
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x.index_select(-1, self.kept), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, kept={self.kept.numel()}, out={self.out_features}"

@@ -19,6 +19,7 @@ from neuronlens.errors import (
     TokenizerMismatchError,
     UnsupportedModelError,
 )
+from neuronlens.models.attention_heads import GatherLinear
 from neuronlens.models.families import Family, ModelKind
 from neuronlens.models.layout import Layout, Placement, make_layout, place_prompt
 from neuronlens.models.prefix import T5_REASON, Prefix, input_positions, prefix_cache
@@ -510,8 +511,8 @@ def walk_modules(root: torch.nn.Module, path: str) -> torch.nn.Module:
 def _linear_in(module: torch.nn.Module) -> int:
     """Input features of an nn.Linear or GPT-2 Conv1D (a projection whose inputs were
     pruned: the full width it is given)."""
-    if hasattr(module, "kept") and hasattr(module, "in_features"):  # pruning's GatherLinear
-        return int(module.in_features)
+    if isinstance(module, GatherLinear):
+        return module.in_features
     if isinstance(module, Conv1D):  # GPT-2 stores [in, out]
         return int(module.weight.shape[0])
     return int(module.weight.shape[1])

@@ -377,7 +377,7 @@ def _check_layers(model: NeuronModel, keep_idx: dict[str, Tensor], sites: dict) 
         return now or len(prev.kept[name]) < full
 
     for name in sites:
-        if _is_heads(name) and name in sites and cut(name):
+        if _is_heads(name) and cut(name):
             other = name.removesuffix(".heads") + ".attn_out"
             if other in sites and cut(other):
                 raise NeuronLensError(

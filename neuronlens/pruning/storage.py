@@ -163,9 +163,7 @@ def _read_record(root: Path, name: str | None):
     # an attention output keeps its width when features are removed: only the pruned ones
     # are listed (with the features they read)
     saved |= {f"{st}.{layer}.attn_out": k for st, layer, k in gathers}
-    listed = {k: v for k, v in record.widths.items() if not k.endswith(".attn_out")}
-    listed |= {f"{st}.{layer}.attn_out": record.widths.get(f"{st}.{layer}.attn_out")
-               for st, layer, _ in gathers}  # fmt: skip
+    listed = {k: v for k, v in record.widths.items() if not k.endswith(".attn_out") or k in saved}
     if listed != saved:
         raise ShapeMismatchError(
             f"{root / RECORD_FILE}: the record's kept neurons {record.widths} do not match the "
@@ -184,6 +182,12 @@ def _head_rows(model: NeuronModel, hf: nn.Module) -> list[list]:
     return rows
 
 
+def _config_stacks(config) -> dict:
+    """Bridge stack name -> the family table's stack, for a saved model's config."""
+    family, _ = family_for_architecture(config.architectures[0])
+    return {st.bridge_name: st for st in family.resolve(config)[1]}
+
+
 def _gather_rows(model: NeuronModel, hf: nn.Module) -> list[list]:
     """``[stack, layer, features read]`` of every attention output with pruned inputs."""
     rows = []
@@ -199,8 +203,7 @@ def _resize_gathers(root: Path, hf: nn.Module, config, gathers: list[tuple]) -> 
     """Give the freshly built model's attention outputs the saved numbers of inputs."""
     if not gathers:
         return
-    family, _ = family_for_architecture(config.architectures[0])
-    by_stack = {st.bridge_name: st for st in family.resolve(config)[1]}
+    by_stack = _config_stacks(config)
     for stack_name, layer, n in gathers:
         if stack_name not in by_stack:
             raise NeuronLensError(f"{root / RECORD_FILE} names stack {stack_name!r}")
@@ -217,8 +220,7 @@ def _resize_heads(root: Path, hf: nn.Module, config, heads: list[tuple]) -> None
     """Give the freshly built model the saved head counts."""
     if not heads:
         return
-    family, _ = family_for_architecture(config.architectures[0])
-    by_stack = {st.bridge_name: st for st in family.resolve(config)[1]}
+    by_stack = _config_stacks(config)
     head_dim = config_head_dim(config, str(root))
     for stack_name, layer, n_q, n_kv in heads:
         if stack_name not in by_stack:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from neuronlens.errors import ShapeMismatchError, UnsupportedModelError
-from neuronlens.models.attention_heads import keep_t5_heads, t5_kept_heads
+from neuronlens.models.attention_heads import GatherLinear, keep_t5_heads, t5_kept_heads
 from neuronlens.models.families import Attention, Stack
 from neuronlens.models.loading import quiet_transformers
 from neuronlens.models.model import NeuronModel, walk_modules
@@ -175,16 +175,9 @@ def slice_site(hf: nn.Module, stack: Stack, layer: int, idx: Tensor) -> None:
     """Keep neurons ``idx`` of one FFN of a plain HF model (in place)."""
     ffn = get_module(hf, stack.hf_ffn.format(i=layer))
     where = f"{stack.hf_ffn.format(i=layer)}"
-    k = int(idx.numel())
     for name in stack.hf_in:
         _keep_outputs(ffn, name, idx, where)
-    out = get_module(ffn, stack.hf_out)
-    check_linear(out, f"{where}.{stack.hf_out}")
-    _, d_out = linear_dims(out)
-    w = out.weight.detach()
-    w = w[idx].clone() if is_conv1d(out) else w[:, idx].clone()
-    b = None if out.bias is None else out.bias.detach().clone()
-    set_module(ffn, stack.hf_out, linear_like(out, k, d_out, w, b))
+    _keep_inputs(ffn, stack.hf_out, idx, where)
 
 
 def resize_site(hf: nn.Module, stack: Stack, layer: int, width: int) -> None:
@@ -274,6 +267,18 @@ def _keep_outputs(mod: nn.Module, name: str, idx: Tensor, where: str) -> None:
     set_module(mod, name, linear_like(lin, linear_dims(lin)[0], int(idx.numel()), w, b))
 
 
+def _keep_inputs(mod: nn.Module, name: str, idx: Tensor, where: str) -> None:
+    """Keep input features ``idx`` of linear ``name`` of ``mod`` (weight columns; the bias
+    stays whole)."""
+    lin = get_module(mod, name)
+    check_linear(lin, f"{where}.{name}")
+    idx = idx.to(lin.weight.device)
+    w = lin.weight.detach()
+    w = w[idx].clone() if is_conv1d(lin) else w[:, idx].clone()
+    b = None if lin.bias is None else lin.bias.detach().clone()
+    set_module(mod, name, linear_like(lin, int(idx.numel()), linear_dims(lin)[1], w, b))
+
+
 def slice_heads(hf: nn.Module, stack: Stack, layer: int, heads: Tensor, head_dim: int) -> None:
     """Keep query heads ``heads`` (indices into the current heads) of one attention module
     of a plain HF model, in place: rows of q (and of k, v for their key/value heads; the
@@ -290,13 +295,7 @@ def slice_heads(hf: nn.Module, stack: Stack, layer: int, heads: Tensor, head_dim
     else:
         for name, keep in ((att.q, heads), (att.k, groups), (att.v, groups)):
             _keep_outputs(mod, name, _dims(keep, head_dim), where)
-    out = get_module(mod, att.o)
-    check_linear(out, f"{where}.{att.o}")
-    idx = _dims(heads, head_dim).to(out.weight.device)
-    w = out.weight.detach()
-    w = w[idx].clone() if is_conv1d(out) else w[:, idx].clone()
-    b = None if out.bias is None else out.bias.detach().clone()
-    set_module(mod, att.o, linear_like(out, int(idx.numel()), linear_dims(out)[1], w, b))
+    _keep_inputs(mod, att.o, _dims(heads, head_dim), where)
     if att.shared_bias:  # the bias columns are the original heads': compose the indices
         keep_t5_heads(mod, t5_kept_heads(mod, n_q)[heads])
     _set_counts(mod, att, int(heads.numel()), head_dim, per_group if n_q != n_kv else None)
@@ -338,33 +337,6 @@ def _set_counts(mod: nn.Module, att: Attention, n_heads: int, head_dim: int, per
 
 
 # ---------------------------------------------------------------------- attention output inputs
-class GatherLinear(nn.Module):
-    """The attention output projection with some input features removed: it reads only the
-    features ``kept`` of its full-width input (the attention still computes every head at
-    full width, so the input keeps its width; the removed features' weights are gone, and
-    the result equals the full projection with those features zeroed).
-
-    Attributes:
-        in_features: the full input width (what the attention produces).
-        out_features: the output width (``d_model``).
-        kept: indices (into the full input) of the features read.
-    """
-
-    def __init__(self, in_features: int, kept: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-        super().__init__()
-        self.in_features = int(in_features)
-        self.out_features = int(weight.shape[0])
-        self.register_buffer("kept", kept.long())
-        self.weight = nn.Parameter(weight, requires_grad=False)  # [out, len(kept)]
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x.index_select(-1, self.kept), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, kept={self.kept.numel()}, out={self.out_features}"
-
-
 def attention_output(hf: nn.Module, stack: Stack, layer: int) -> tuple[nn.Module, str, str]:
     """``(attention module, name of its output projection, dotted path)`` of one layer."""
     att = attention_table(stack, "prune the attention output of")
