@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import neuronlens as nl
+import neuronlens.analysis.studies as studies
 from neuronlens.analysis import (
     adversarial_analysis,
     cross_suppression,
@@ -141,7 +142,7 @@ def test_planted_neuron_is_found_and_suppressing_it_hurts_more_than_random():
     assert "| percent |" in curve.to_markdown()
 
 
-def test_studies_run_and_shape_up():
+def test_studies_run_and_shape_up(monkeypatch):
     model = tiny()
     a, b = word_task(name="a"), word_task(seed=5, name="b")
     pa, pb = fake_prompt(model, a, seed=0), fake_prompt(model, b, seed=1)
@@ -174,6 +175,21 @@ def test_studies_run_and_shape_up():
     assert tr.absolute["b"]["a"] == pytest.approx(
         evaluate(model, pb, a.load("dev"), task=a).accuracy
     )
+    # accuracies already measured are taken as given; only the others are evaluated
+    calls = []
+    real = studies.evaluate
+    monkeypatch.setattr(studies, "evaluate", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    part = transferability(
+        model, {"a": pa, "b": pb}, {"a": (a, a.load("dev")), "b": (b, b.load("dev"))},
+        known={"a": {"a": 0.25}, "b": {"b": tr.absolute["b"]["b"]}}, progress=False,
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert calls == [pa, pb]  # a on b, b on a
+    assert part.absolute["a"] == {"a": 0.25, "b": tr.absolute["a"]["b"]}
+    assert part.absolute["b"] == tr.absolute["b"]
+    assert part.relative["b"]["a"] == pytest.approx(tr.absolute["b"]["a"] / 0.25)
+    with pytest.raises(NeuronLensError, match="known accuracies"):
+        transferability(model, {"a": pa}, {"a": (a, a.load("dev"))}, known={"a": {"z": 0.5}})
     dist = distributions({"a": sa, "b": sb}, {"a": 0.6, "b": 0.5})
     assert [r["dataset"] for r in dist.rows()] == ["a", "b"]
     boxes = [t for t in dist.figure().data if t.type == "box"]

@@ -81,6 +81,11 @@ def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
     transfer = s["transfer"]["absolute"]  # within each label space only
     assert set(transfer["toy_sentiment"]) == {"toy_sentiment", "mt_toy_adv"}
     assert set(transfer["mt_other"]) == {"mt_other"}
+    # each prompt on its own task's data is the accuracy step's measurement, not a second one
+    assert transfer["toy_sentiment"]["mt_toy_adv"] == pytest.approx(
+        acc["toy_sentiment"]["adversarial"]["mean"]
+    )
+    assert transfer["mt_other"]["mt_other"] == pytest.approx(acc["mt_other"]["clean"]["mean"])
     assert s["specificity"]["names"] == ["toy_sentiment", "mt_toy_adv", "mt_other"]
     assert [r["percent"] for r in s["suppression"]["mt_other"]] == [0, 10]
     assert set(s["cross"]) == {"toy_sentiment"}
@@ -216,3 +221,38 @@ def test_a_changed_task_recomputes_only_its_steps(tmp_path):
         files[name].write_text(json.dumps(keys[name]))
     steps = run_multitask_study(cfg, out, log=lambda *_: None)["models"]["tiny:bert"]["steps"]
     assert all(s["loaded"] for s in steps.values())
+
+
+def test_a_study_of_two_models_reports_both_side_by_side(tmp_path):
+    """``models`` lists several models: each runs every step into its own folder, the summary
+    holds each, and the report's first table has one column per model."""
+    text = CONFIG.replace('models = ["tiny:bert"]', 'models = ["tiny:bert", "tiny:gpt2"]')
+    text = text.split("[[tasks]]")[0] + '[[tasks]]\nname = "toy_sentiment"\neval_split = "test"\n'
+    text += 'adversarial = "mt_toy_adv"\n'
+    out = tmp_path / "out"
+    summary = run_multitask_study(load_config(_write(tmp_path, text)), out, log=lambda *_: None)
+    assert list(summary["models"]) == ["tiny:bert", "tiny:gpt2"]
+    bert, gpt2 = (
+        summary["models"][m]["accuracy"]["toy_sentiment"]["clean"] for m in summary["models"]
+    )
+    assert len(bert["seeds"]) == len(gpt2["seeds"]) == 2
+    assert (out / "tiny-bert" / "steps").is_dir() and (out / "tiny-gpt2" / "steps").is_dir()
+    html = (out / "report.html").read_text()
+    head = html.split("accuracy by dataset and model")[1].split("</table>")[0]
+    assert "tiny:bert" in head and "tiny:gpt2" in head
+    assert f"{gpt2['mean']:.3f} ± {gpt2['std']:.3f}" in head
+
+
+@pytest.mark.parametrize(
+    "models,match",
+    [
+        (["tiny:bert", "tiny:bert"], "distinct"),
+        (["tiny:bert", "tiny/bert"], "results folder"),
+        (["tiny:bert"], "compares datasets"),  # one task, no adversarial set
+    ],
+)
+def test_a_model_listed_twice_or_one_dataset_is_refused(tmp_path, models, match):
+    tasks = ["toy_sentiment"] if match == "compares datasets" else ["toy_sentiment", "mt_other"]
+    with pytest.raises(ConfigError, match=match):
+        cfg = MultiTaskConfig(models=models, tasks=tasks)
+        run_multitask_study(cfg, tmp_path / "o", log=lambda *_: None)

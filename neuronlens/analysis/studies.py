@@ -533,19 +533,37 @@ def transferability(
     targets: Mapping[str, tuple[object, object]],
     *,
     batch_size: int = 64,
+    known: Mapping[str, Mapping[str, float]] | None = None,
+    progress: bool = True,
 ) -> Transferability:
-    """Accuracy of each prompt on each target ``(task, data)`` of the same label space."""
+    """Accuracy of each prompt on each target ``(task, data)`` of the same label space.
+
+    ``known[src][tgt]``: accuracies already measured (e.g. each prompt on its own task's eval
+    data), taken as they are instead of evaluating again."""
     if not prompts or not targets:
         raise NeuronLensError("transferability needs at least one prompt and one target")
-    absolute: dict[str, dict[str, float]] = {}
-    for src, pr in prompts.items():
-        absolute[src] = {}
-        for tgt, (task, data) in targets.items():
-            if task.label_space != pr.label_space:
-                continue
-            absolute[src][tgt] = evaluate(
-                model, pr, data, task=task, batch_size=batch_size
-            ).accuracy
+    known = known or {}
+    for src, row in known.items():
+        if src not in prompts or not set(row) <= set(targets):
+            raise NeuronLensError(
+                f"known accuracies name prompt {src!r} and targets {sorted(row)}; "
+                f"the prompts are {sorted(prompts)} and the targets {sorted(targets)}"
+            )
+    pairs = [(src, tgt) for src, pr in prompts.items() for tgt, (task, _) in targets.items()
+             if task.label_space == pr.label_space]  # fmt: skip
+    todo = [(s, t) for s, t in pairs if t not in known.get(s, {})]
+    bar = tqdm(total=len(todo), desc="transferability", disable=not progress or not todo)
+    absolute: dict[str, dict[str, float]] = {src: {} for src in prompts}
+    for src, tgt in pairs:
+        if tgt in known.get(src, {}):
+            absolute[src][tgt] = float(known[src][tgt])
+            continue
+        task, data = targets[tgt]
+        absolute[src][tgt] = evaluate(
+            model, prompts[src], data, task=task, batch_size=batch_size
+        ).accuracy
+        bar.update()
+    bar.close()
     relative = {
         src: {
             t: v / absolute[t][t]

@@ -224,9 +224,17 @@ class MultiTaskConfig(_Settings):
         _check_fields(self)
         if not self.models or not all(isinstance(m, str) for m in self.models):
             raise ConfigError("config field 'models' must be a non-empty list of model names")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"config field 'models' must list distinct models, got {self.models}")
         names = [t.name for t in self.tasks]
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"config field 'tasks' must list distinct tasks, got {names}")
+        if len(names) + sum(t.adversarial is not None for t in self.tasks) < 2:
+            raise ConfigError(
+                f"a multi-task study compares datasets, and {names} with no adversarial set is "
+                "one: add a task or an 'adversarial' set, or run the single-task study "
+                "(a config with 'model' and 'task')"
+            )
         if not 0 < self.cross_percent <= 100:
             raise ConfigError(
                 f"config field 'cross_percent' must be in (0, 100], got {self.cross_percent}"

@@ -232,8 +232,23 @@ def _transfer(run) -> dict:
         targets[name] = (ts.task, ts.evald)
         if ts.adv is not None:
             targets[ts.spec.adversarial] = (ts.task, ts.adv)
+    acc = run.results["accuracy"]
+
+    def known(i):  # each prompt on its own task's eval and adversarial data: measured already
+        out = {}
+        for name, ts in run.tasks.items():
+            out[name] = {name: acc[name]["clean"][i]}
+            if ts.adv is not None:
+                out[name][ts.spec.adversarial] = acc[name]["adversarial"][i]
+        return out
+
     per_seed = [
-        transferability(run.model, {n: run.results[f"prompts/{n}"][i] for n in run.tasks}, targets)
+        transferability(
+            run.model,
+            {n: run.results[f"prompts/{n}"][i] for n in run.tasks},
+            targets,
+            known=known(i),
+        )  # fmt: skip
         for i in range(len(run.cfg.seeds))
     ]
 
@@ -257,11 +272,7 @@ def _specificity(run) -> TaskSpecificity:
         maps[name] = clean
         if adv is not None:
             maps[ts.spec.adversarial] = adv
-    if len(maps) < 2:
-        raise ConfigError(
-            "task specificity needs two datasets: list two tasks, or an adversarial set"
-        )
-    return task_specificity(maps)
+    return task_specificity(maps)  # two datasets at least: the config checks it
 
 
 def _suppression_step(name: str) -> Step:
@@ -307,7 +318,7 @@ def study_steps(run: MultiRun) -> list[Step]:
     steps = [_prompt_steps(n) for n in names]
     steps.append(_json_step("accuracy", prompts, _DATA, _accuracy, extra={"tasks": specs}))
     steps += [_predictivity_step(n) for n in names]
-    steps.append(_json_step("transfer", prompts, _DATA, _transfer,
+    steps.append(_json_step("transfer", prompts + ("accuracy",), _DATA, _transfer,
                             lambda raw: Transferability(**raw), {"tasks": specs}))  # fmt: skip
     steps.append(_json_step("specificity", preds, _DATA + ("positions",), _specificity,
                             _load_specificity, {"tasks": specs}))  # fmt: skip
@@ -414,12 +425,19 @@ def run_multitask_study(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
     write_text_atomic(out / "config.json", json.dumps(_jsonable(cfg), indent=2))
+    slugs = [_slug(name) for name in cfg.models]
+    if len(set(slugs)) != len(slugs):
+        raise ConfigError(f"models {cfg.models} would share a results folder ({slugs}); rename one")
     splits = {spec.name: task_splits(cfg, spec) for spec in cfg.tasks}
     summary: dict = {"models": {}, "tasks": [t.name for t in cfg.tasks]}
     sections: list = []
     for i, name in enumerate(cfg.models, start=1):
         log(f"model {i} of {len(cfg.models)}: {name}")
         model = load_study_model(name)
+        if model.name in summary["models"]:
+            raise ConfigError(
+                f"models {cfg.models} name the same model {model.name!r} twice; list it once"
+            )
         every = [split for ts in splits.values() for split in ts.splits()]
         identity = {
             "model": model_id(model),
