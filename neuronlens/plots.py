@@ -29,6 +29,13 @@ MAX_COLUMNS = 1024
 SCALES = ("linear", "log", "rank")
 
 
+def sample_sd(values) -> float:
+    """The sample standard deviation (n - 1 in the denominator; 0 for a single value): the
+    spread reported over seeds and over random controls."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
 def _colour_values(scores: NeuronScores, scale: str) -> dict[str, np.ndarray]:
     """What the colours show per site: the scores, their log10, or their rank as a share
     (1 = the best neuron of the whole model, 0 = the worst)."""
@@ -164,10 +171,11 @@ def suppression_figure(
     per_layer: bool,
     ablation: str,
 ):
-    """Accuracy of the top neurons switched off against the random controls (mean +- std);
-    the accuracy axis spans at least 0.1, so a one-example difference does not look large."""
+    """Accuracy of the top neurons switched off against the random controls (mean +- sample
+    sd); the accuracy axis spans at least 0.1, so a one-example difference does not look
+    large."""
     mean = np.array([np.mean(r) for r in random])
-    std = np.array([np.std(r) for r in random])
+    std = np.array([sample_sd(r) for r in random])
     percents = list(percents)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=percents + percents[::-1],

@@ -9,6 +9,7 @@ import torch
 import neuronlens as nl
 import neuronlens.analysis.studies as studies
 from neuronlens.analysis import (
+    SuppressionCurve,
     adversarial_analysis,
     cross_suppression,
     distributions,
@@ -201,3 +202,20 @@ def test_studies_run_and_shape_up(monkeypatch):
     for result in (spec, cross, adv, tr, dist):
         result.figure()
         assert result.to_markdown().startswith("|")
+
+
+def test_suppression_gaps_use_the_sample_sd_of_the_random_controls():
+    import statistics
+
+    curve = SuppressionCurve(
+        percents=[1, 5, 10], top=[0.5, 0.6, 0.7], random=[[0.6, 0.8, 0.7], [0.65], [0.7, 0.7]],
+        counts=[1, 5, 10], method="predictivity", dataset="d", per_layer=True,
+    )  # fmt: skip
+    rows = curve.rows()
+    sd = statistics.stdev([0.6, 0.8, 0.7])  # n - 1 in the denominator
+    assert rows[0]["acc_random_std"] == pytest.approx(sd)
+    assert rows[0]["gap_sd"] == pytest.approx((0.7 - 0.5) / sd)
+    assert rows[1]["acc_random_std"] == 0.0 and rows[1]["gap_sd"] == float("inf")  # one control
+    assert np.isnan(rows[2]["gap_sd"])  # top equals the random controls, which do not spread
+    band = curve.figure().data[0].y  # the figure's band: mean ± the same sd
+    assert band[0] == pytest.approx(0.7 + sd)

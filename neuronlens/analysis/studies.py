@@ -41,6 +41,7 @@ from neuronlens.neurons import NeuronScores, NeuronSet
 from neuronlens.plots import (
     distributions_figure,
     matrix_figure,
+    sample_sd,
     scatter_figure,
     suppression_figure,
 )
@@ -189,12 +190,12 @@ class SuppressionCurve(_Table):
     ablation: str = "zeroed"
 
     def gaps(self) -> list[float]:
-        """Per level: (random mean - top) in random standard deviations (the population sd
-        of the random controls, numpy's default; ``inf`` when they do not spread and top is
-        lower; ``nan`` at equal values)."""
+        """Per level: (random mean - top) in random standard deviations (the sample sd of the
+        random controls; ``inf`` when they do not spread, or there is one, and top is lower;
+        ``nan`` at equal values)."""
         out = []
         for t, r in zip(self.top, self.random, strict=True):
-            diff, sd = float(np.mean(r)) - t, float(np.std(r))
+            diff, sd = float(np.mean(r)) - t, sample_sd(r)
             out.append(diff / sd if sd > 0 else (np.sign(diff) * np.inf if diff else np.nan))
         return out
 
@@ -205,7 +206,7 @@ class SuppressionCurve(_Table):
                 "neurons": c,
                 "acc_top": t,
                 "acc_random_mean": float(np.mean(r)),
-                "acc_random_std": float(np.std(r)),
+                "acc_random_std": sample_sd(r),
                 "gap_sd": g,
             }
             for p, c, t, r, g in zip(

@@ -39,6 +39,7 @@ from neuronlens.analysis import (
     transferability,
 )
 from neuronlens.io import write_text_atomic
+from neuronlens.plots import sample_sd
 from neuronlens.probes import NeuronScores, predictivity
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskSpec
@@ -336,16 +337,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
-def _sd(values) -> float:
-    """The sample standard deviation over seeds (0 for one seed)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def _model_summary(run: MultiRun) -> dict:
     r = run.results
     acc = {}
     for name, v in r["accuracy"].items():
-        acc[name] = {k: None if s is None else {"mean": float(np.mean(s)), "std": _sd(s),
+        acc[name] = {k: None if s is None else {"mean": float(np.mean(s)), "std": sample_sd(s),
                                                 "seeds": s} for k, s in v.items()}  # fmt: skip
     preds, rho = {}, {}
     for name in run.tasks:
