@@ -1,4 +1,5 @@
-"""The ``neuronlens`` command line: ``neuronlens demo`` and ``neuronlens study CONFIG``."""
+"""The ``neuronlens`` command line: ``neuronlens demo``, ``neuronlens study CONFIG`` and
+``neuronlens tables RUN``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.study import DEMO, MultiTaskConfig, load_config, run_multitask_study, run_study
+from neuronlens.study import (
+    DEMO,
+    MultiTaskConfig,
+    load_config,
+    multitask_markdown,
+    read_summary,
+    run_multitask_study,
+    run_study,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,10 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         help="inline: the report carries Plotly's JavaScript (4.7 MB, opens offline); "
         "cdn: a small report that loads it from Plotly's CDN when opened",
     )
+    tables = sub.add_parser(
+        "tables",
+        help="print a multi-task study's tables in Markdown",
+        description="Print the tables of a finished multi-task study (accuracy beside the "
+        "paper's Table 1, predictivity and rho, transferability, specificity, suppression, "
+        "cross suppression, steps) from its summary.json, as the study writes to tables.md.",
+    )
+    tables.add_argument("run", help="the study's output folder, or its summary.json")
     args = parser.parse_args(argv)
 
     try:
-        if args.command == "demo":
+        if args.command == "tables":
+            print(multitask_markdown(read_summary(args.run)), end="")
+        elif args.command == "demo":
             run_study(replace(DEMO, model=args.model), args.out, resume=not args.fresh)
         else:
             cfg = load_config(args.config)  # a multi-task study when it lists tasks

@@ -92,6 +92,12 @@ def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
     assert set(s["cross"]["toy_sentiment"]) == {"none", "toy_sentiment", "mt_toy_adv", "random"}
     html = (out / "report.html").read_text()
     assert html.count("Plotly.newPlot") >= 8 and "accuracy by dataset and model" in html
+    tables = (out / "tables.md").read_text()  # the same numbers, in Markdown
+    clean = acc["toy_sentiment"]["clean"]
+    want = f"| toy_sentiment | {100 * clean['mean']:.1f} ± {100 * clean['std']:.1f} |"
+    assert want in tables and "| mt_toy_adv |" in tables
+    capsys.readouterr()
+    assert main(["tables", str(out)]) == 0 and capsys.readouterr().out == tables
     # resumed: every step reused, the same numbers
     capsys.readouterr()
     assert main(["study", str(cfg_path), "--out", str(out)]) == 0
@@ -256,3 +262,36 @@ def test_a_model_listed_twice_or_one_dataset_is_refused(tmp_path, models, match)
     with pytest.raises(ConfigError, match=match):
         cfg = MultiTaskConfig(models=models, tasks=tasks)
         run_multitask_study(cfg, tmp_path / "o", log=lambda *_: None)
+
+
+def test_tables_put_the_papers_numbers_beside_a_summary():
+    from neuronlens.study import multitask_markdown
+
+    acc = {"mean": 0.8, "std": 0.02, "seeds": [0.78, 0.8, 0.82]}
+    adv = {"mean": 0.4, "std": 0.01, "seeds": [0.39, 0.4, 0.41]}
+    rows = [{"percent": p, "acc_top": 0.6, "acc_random_mean": 0.7, "acc_random_std": 0.01,
+             "gap_sd": g} for p, g in ((1, 3.0), (5, 1.0), (10, float("inf")))]  # fmt: skip
+    model = {
+        "accuracy": {"sst2": {"clean": acc, "adversarial": adv}},
+        "predictivity": {"sst2": {"max": 0.9, "top1pct_per_layer_mean": 0.7}},
+        "rho_clean_adversarial": {"sst2": 0.25},
+        "transfer": {"absolute": {"sst2": {"adv_sst2": 0.4, "sst2": 0.8}}},
+        "suppression": {"sst2": rows},
+    }
+    text = multitask_markdown({"models": {"m": model}, "tasks": ["sst2"],
+                               "adversarial": {"sst2": "adv_sst2"}})  # fmt: skip
+    # the paper's Table 1: SST-2 98.7 ± 2.6 (RoBERTa), 94.0 ± 0.4 (T5); AdvSST2 45.3 / 45.4
+    assert "| sst2 | 80.0 ± 2.0 | 98.7 ± 2.6 | 94.0 ± 0.4 |" in text
+    assert "| adv_sst2 | 40.0 ± 1.0 | 45.3 ± 4.5 | 45.4 ± 3.3 |" in text
+    assert "| sst2 | 0.900 | 0.700 | 0.250 |" in text
+    assert "| prompt of | sst2 | adv_sst2 |\n|---|---|---|\n| sst2 | 0.800 | 0.400 |" in text
+    assert "| 0.600 vs 0.700 ± 0.010 | 2 of 3 |" in text  # gaps of 3 sd and inf count
+
+
+@pytest.mark.parametrize("content,match", [(None, "does not exist"), ("{", "not JSON"),
+                                           ('{"model": 1}', "multi-task")])  # fmt: skip
+def test_tables_of_something_else_is_a_clear_error(tmp_path, capsys, content, match):
+    if content is not None:
+        (tmp_path / "summary.json").write_text(content)
+    assert main(["tables", str(tmp_path)]) == 2
+    assert match in capsys.readouterr().err

@@ -7,7 +7,9 @@
 * :mod:`~neuronlens.study.steps` - the machinery: steps, the keys of what made each result,
   resume, atomic saves;
 * :mod:`~neuronlens.study.config` - the configs, checked when built;
-* :mod:`~neuronlens.study.report` - the HTML report.
+* :mod:`~neuronlens.study.report` - the HTML report;
+* :mod:`~neuronlens.study.tables` - a multi-task study's tables in Markdown, beside the
+  paper's numbers.
 """
 
 from neuronlens.study.config import (
@@ -29,9 +31,11 @@ from neuronlens.study.single import (
     study_positions,
 )
 from neuronlens.study.steps import Step
+from neuronlens.study.tables import PAPER_ACCURACY, multitask_markdown, read_summary
 
 __all__ = [
     "DEMO",
+    "PAPER_ACCURACY",
     "STUDY_STEPS",
     "ConfigError",
     "MultiTaskConfig",
@@ -42,6 +46,8 @@ __all__ = [
     "StudyConfig",
     "StudyRun",
     "load_study_model",
+    "multitask_markdown",
+    "read_summary",
     "run_study",
     "study_data",
     "study_positions",

@@ -46,6 +46,7 @@ from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskS
 from neuronlens.study.report import check_plotly_js, steps_rows, write_page
 from neuronlens.study.single import load_study_model, study_data, study_positions
 from neuronlens.study.steps import Step, data_id, digest, model_id, remove_stale, run_steps
+from neuronlens.study.tables import multitask_markdown
 from neuronlens.tasks import get_task
 
 
@@ -415,7 +416,8 @@ def run_multitask_study(
 ) -> dict:
     """Run (or resume) a multi-task study; returns the summary also written to
     ``out/summary.json``; ``out/report.html`` shows every model's tables and figures
-    (``plotly_js="cdn"``: a small page that loads Plotly from its CDN)."""
+    (``plotly_js="cdn"``: a small page that loads Plotly from its CDN), ``out/tables.md``
+    the tables in Markdown (:func:`~neuronlens.study.tables.multitask_markdown`)."""
     check_plotly_js(plotly_js)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +427,11 @@ def run_multitask_study(
     if len(set(slugs)) != len(slugs):
         raise ConfigError(f"models {cfg.models} would share a results folder ({slugs}); rename one")
     splits = {spec.name: task_splits(cfg, spec) for spec in cfg.tasks}
-    summary: dict = {"models": {}, "tasks": [t.name for t in cfg.tasks]}
+    summary: dict = {
+        "models": {},
+        "tasks": [t.name for t in cfg.tasks],
+        "adversarial": {t.name: t.adversarial for t in cfg.tasks},
+    }
     sections: list = []
     for i, name in enumerate(cfg.models, start=1):
         log(f"model {i} of {len(cfg.models)}: {name}")
@@ -450,7 +456,9 @@ def run_multitask_study(
     title = f"neuronlens multi-task study: {', '.join(summary['models'])}"
     write_page(out / "report.html", title, sections, plotly_js=plotly_js)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
-    log(f"report: {out / 'report.html'}")
+    write_text_atomic(out / "tables.md", multitask_markdown(json.loads(
+        (out / "summary.json").read_text())))  # fmt: skip
+    log(f"report: {out / 'report.html'} (tables: {out / 'tables.md'})")
     return summary
 
 
