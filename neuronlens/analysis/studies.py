@@ -333,6 +333,7 @@ def cross_suppression(
     positions: str | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> CrossSuppression:
     """Evaluate every dataset with every neuron set switched off (and with none);
     ``ablation`` as in :func:`suppression_curve`."""
@@ -343,21 +344,18 @@ def cross_suppression(
     abl = _ablation(ablation, model, tuned, task, train)
     if positions is not None:
         abl = replace(abl, positions=positions)
-    acc: dict[str, dict[str, float]] = {"none": {}}
-    for b, data in datasets.items():
-        acc["none"][b] = evaluate(model, tuned, data, task=task, batch_size=batch_size).accuracy
-    for a, nset in neuron_sets.items():
-        acc[a] = {
-            b: evaluate(
-                model,
-                tuned,
-                data,
-                task=task,
-                batch_size=batch_size,
-                interventions=[abl(nset, seed)],
+    bar = tqdm(total=(len(neuron_sets) + 1) * len(datasets), desc="cross suppression",
+               disable=not progress)  # fmt: skip
+    acc: dict[str, dict[str, float]] = {}
+    for a, nset in {"none": None, **neuron_sets}.items():
+        acc[a] = {}
+        for b, data in datasets.items():
+            off = [] if nset is None else [abl(nset, seed)]
+            acc[a][b] = evaluate(
+                model, tuned, data, task=task, batch_size=batch_size, interventions=off
             ).accuracy
-            for b, data in datasets.items()
-        }
+            bar.update()
+    bar.close()
     return CrossSuppression(acc, abl.describe())
 
 

@@ -41,6 +41,7 @@ from neuronlens.analysis import (
 from neuronlens.io import write_text_atomic
 from neuronlens.plots import sample_sd
 from neuronlens.probes import NeuronScores, predictivity
+from neuronlens.progress import tqdm
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskSpec
 from neuronlens.study.report import check_plotly_js, steps_rows, write_page
@@ -183,14 +184,18 @@ def _jsonable(value):
 
 
 def _accuracy(run) -> dict:
-    out = {}
-    for name, ts in run.tasks.items():
-        prompts = run.results[f"prompts/{name}"]
-        clean = [evaluate(run.model, p, ts.evald, task=ts.task).accuracy for p in prompts]
-        adv = None if ts.adv is None else [
-            evaluate(run.model, p, ts.adv, task=ts.task).accuracy for p in prompts
-        ]  # fmt: skip
-        out[name] = {"clean": clean, "adversarial": adv}
+    sets = [(name, kind, data) for name, ts in run.tasks.items()
+            for kind, data in (("clean", ts.evald), ("adversarial", ts.adv))]  # fmt: skip
+    bar = tqdm(total=len(run.cfg.seeds) * sum(d is not None for *_, d in sets), desc="accuracy")
+    out: dict = {name: {"clean": None, "adversarial": None} for name in run.tasks}
+    for name, kind, data in sets:
+        if data is None:
+            continue
+        out[name][kind] = []
+        for p in run.results[f"prompts/{name}"]:
+            out[name][kind].append(evaluate(run.model, p, data, task=run.tasks[name].task).accuracy)
+            bar.update()
+    bar.close()
     return out
 
 
@@ -285,7 +290,7 @@ def _suppression_step(name: str) -> Step:
         return suppression_curve(
             run.model, run.results[f"prompts/{name}"][0], ts.evald, clean, task=ts.task,
             percents=cfg.suppression_percents, random_repeats=cfg.random_repeats,
-            per_layer=cfg.per_layer, ablation=cfg.ablation, train=ts.train,
+            per_layer=cfg.per_layer, ablation=cfg.ablation, train=ts.train, progress=True,
         )  # fmt: skip
 
     inputs = _DATA + ("suppression_percents", "random_repeats", "per_layer", "ablation")
