@@ -67,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         "cross suppression, steps) from its summary.json, as the study writes to tables.md.",
     )
     tables.add_argument("run", help="the study's output folder, or its summary.json")
+    study.add_argument(
+        "--images",
+        choices=["png", "svg"],
+        default=None,
+        help="also write every figure as a still image in <out>/figures/ "
+        "(needs kaleido and Chrome or Chromium: pip install 'neuronlens[images]')",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)  # a multi-task study when it lists tasks
             out = args.out or str(Path("neuronlens-out") / Path(args.config).stem)
             run = run_multitask_study if isinstance(cfg, MultiTaskConfig) else run_study
-            run(cfg, out, resume=not args.fresh, plotly_js=args.plotly_js)
+            run(cfg, out, resume=not args.fresh, plotly_js=args.plotly_js, images=args.images)
     except NeuronLensError as err:
         print(f"neuronlens: error: {err}", file=sys.stderr)
         return 2

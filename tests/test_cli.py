@@ -1,5 +1,6 @@
 """The command line: studies from a TOML config (resumable), the demo, help, bad configs."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import zlib
 import pytest
 
 from neuronlens.cli import main
+from neuronlens.errors import NeuronLensError
 from neuronlens.study import ConfigError, StudyConfig, study_data
 from neuronlens.tasks import Task, count_contained, get_task, register_task
 
@@ -71,6 +73,11 @@ def test_study_runs_resumes_and_writes_a_report(tmp_path, capsys):
     small = (out / "report.html").read_text()
     assert small.count("Plotly.newPlot") == n_figures and "cdn.plot.ly" in small
     assert len(small) < len(html) - 3_000_000
+    if KALEIDO:  # every figure also as a still image, numbered in the report's order
+        assert main(["study", str(cfg), "--out", str(out), "--images", "svg"]) == 0
+        svgs = sorted((out / "figures").glob("*.svg"))
+        assert len(svgs) == n_figures and svgs[0].name.startswith("01-skill-neuron")
+        assert all(f.read_text().lstrip().startswith("<svg") for f in svgs)
     assert second["suppression"] == first["suppression"]
     (out / "suppression.json").write_text("[1, 2]")  # damaged: recomputed, not a crash
     assert main(["study", str(cfg), "--out", str(out)]) == 0
@@ -208,6 +215,7 @@ def test_demo_on_minilm(tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+KALEIDO = CHROMIUM is not None and importlib.util.find_spec("kaleido") is not None
 CHROME_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -317,3 +325,35 @@ def test_validation_is_never_the_evaluation_split():
     train, val, how = study_data(cfg, task)
     assert how == "split off train" and (len(val), len(train)) == (20, 60)  # 80 rows split
     assert set(val.texts) <= set(task.load("train").texts)
+
+
+@pytest.mark.skipif(not KALEIDO, reason="kaleido or Chromium missing (pip install '.[images]')")
+def test_figures_as_still_images(tmp_path):
+    import plotly.graph_objects as go
+
+    from neuronlens.study.report import write_page
+
+    fig = go.Figure(go.Heatmap(z=[[0.0, 1.0], [1.0, 0.5]]))
+    sections = [("A heatmap: layer x neuron", fig), ("a table", [{"a": 1}]), ("curve", go.Figure(
+        go.Scatter(x=[0, 1, 2], y=[0.8, 0.7, 0.5])))]  # fmt: skip
+    write_page(tmp_path / "report.html", "t", sections, images="png")
+    pngs = sorted((tmp_path / "figures").glob("*.png"))
+    assert [p.name for p in pngs] == ["01-a-heatmap-layer-x-neuron.png", "02-curve.png"]
+    assert all(_png_pixels_vary(p) for p in pngs)  # drawn, not blank
+    assert not list((tmp_path / "figures").glob(".*"))  # no temporary file left
+
+
+def test_still_images_need_kaleido_and_a_known_format(tmp_path, monkeypatch, capsys):
+    from neuronlens.study.report import check_images
+
+    with pytest.raises(NeuronLensError, match="png"):
+        check_images("jpg")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "kaleido" else real(n, *a)
+    )
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(CONFIG)
+    assert main(["study", str(cfg), "--out", str(tmp_path / "o"), "--images", "png"]) == 2
+    assert "pip install 'neuronlens[images]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything ran

@@ -44,7 +44,7 @@ from neuronlens.probes import NeuronScores, predictivity
 from neuronlens.progress import tqdm
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskSpec
-from neuronlens.study.report import check_plotly_js, steps_rows, write_page
+from neuronlens.study.report import check_images, check_plotly_js, steps_rows, write_page
 from neuronlens.study.single import load_study_model, study_data, study_positions
 from neuronlens.study.steps import Step, data_id, digest, model_id, remove_stale, run_steps
 from neuronlens.study.tables import multitask_markdown
@@ -418,12 +418,16 @@ def run_multitask_study(
     resume: bool = True,
     log=print,
     plotly_js: str = "inline",
+    images: str | None = None,
 ) -> dict:
     """Run (or resume) a multi-task study; returns the summary also written to
     ``out/summary.json``; ``out/report.html`` shows every model's tables and figures
     (``plotly_js="cdn"``: a small page that loads Plotly from its CDN), ``out/tables.md``
-    the tables in Markdown (:func:`~neuronlens.study.tables.multitask_markdown`)."""
+    the tables in Markdown (:func:`~neuronlens.study.tables.multitask_markdown`);
+    ``images="png"`` or ``"svg"``: every figure also as a still image in ``out/figures/``
+    (needs kaleido)."""
     check_plotly_js(plotly_js)
+    check_images(images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
@@ -459,7 +463,7 @@ def run_multitask_study(
         sections.append((f"{model.name}: steps", steps_rows(steps_summary["steps"])))
     sections.insert(0, ("accuracy by dataset and model", _overview(summary)))
     title = f"neuronlens multi-task study: {', '.join(summary['models'])}"
-    write_page(out / "report.html", title, sections, plotly_js=plotly_js)
+    write_page(out / "report.html", title, sections, plotly_js=plotly_js, images=images)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
     write_text_atomic(out / "tables.md", multitask_markdown(json.loads(
         (out / "summary.json").read_text())))  # fmt: skip

@@ -4,11 +4,13 @@ once) and tables, in the order given."""
 from __future__ import annotations
 
 import html
+import importlib.util
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.io import write_text_atomic
+from neuronlens.io import atomic_path, write_text_atomic
 
 _STYLE = (
     "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
@@ -56,12 +58,64 @@ def check_plotly_js(plotly_js: str) -> None:
         raise NeuronLensError(f"plotly_js must be one of {PLOTLY_JS}, got {plotly_js!r}")
 
 
+IMAGE_FORMATS = ("png", "svg")
+"""The still images a study can write of its figures (``images=``), beside the report."""
+
+
+def check_images(images: str | None) -> None:
+    """Refuse an unknown image format, or images without kaleido, before a study starts."""
+    if images is None:
+        return
+    if images not in IMAGE_FORMATS:
+        raise NeuronLensError(f"images must be one of {IMAGE_FORMATS} or None, got {images!r}")
+    if importlib.util.find_spec("kaleido") is None:
+        raise NeuronLensError(
+            "still images of the figures need kaleido (and Chrome or Chromium): "
+            "pip install 'neuronlens[images]', or leave images out"
+        )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:80] or "figure"
+
+
+def write_images(folder: Path, sections: Sequence[tuple[str, object]], images: str) -> list[Path]:
+    """Every figure of ``sections`` as ``folder/NN-heading.<images>`` (numbered in page
+    order), each written atomically; returns the paths."""
+    check_images(images)
+    paths = []
+    figures = [(h, c) for h, c in sections if hasattr(c, "to_image")]
+    for i, (heading, fig) in enumerate(figures, start=1):
+        path = folder / f"{i:02d}-{_slug(heading)}.{images}"
+        try:
+            data = fig.to_image(format=images, width=1000, height=600)
+        except Exception as err:  # kaleido's own errors: no browser, a browser that failed
+            raise NeuronLensError(
+                f"could not draw {heading!r} as {images} ({type(err).__name__}: {err}); "
+                "kaleido needs Chrome or Chromium (kaleido.get_chrome_sync() installs one)"
+            ) from None
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
 def write_page(
-    path: Path, title: str, sections: Sequence[tuple[str, object]], *, plotly_js: str = "inline"
+    path: Path,
+    title: str,
+    sections: Sequence[tuple[str, object]],
+    *,
+    plotly_js: str = "inline",
+    images: str | None = None,
 ) -> None:
     """``sections``: ``(heading, content)`` pairs; content is a Plotly figure, a table (a
-    list of dicts, or a dict) or a string of text. ``plotly_js``: see :data:`PLOTLY_JS`."""
+    list of dicts, or a dict) or a string of text. ``plotly_js``: see :data:`PLOTLY_JS`;
+    ``images="png"`` or ``"svg"``: every figure also as a still image in ``figures/`` beside
+    the page (:func:`write_images`)."""
     check_plotly_js(plotly_js)
+    check_images(images)
+    if images is not None:
+        write_images(path.parent / "figures", sections, images)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         _STYLE + "</head><body>",
@@ -81,7 +135,9 @@ def write_page(
     write_text_atomic(path, "\n".join(parts))
 
 
-def write_report(path: Path, summary: dict, figures: dict, *, plotly_js: str = "inline") -> None:
+def write_report(
+    path: Path, summary: dict, figures: dict, *, plotly_js: str = "inline", images=None
+) -> None:
     """The single-task study's page: its figures, prompt accuracy, pruning, suppression and
     the steps (reused or computed)."""
     accuracy = {f"seed {k}": v for k, v in summary["prompt_accuracy"].items()}
@@ -93,4 +149,4 @@ def write_report(path: Path, summary: dict, figures: dict, *, plotly_js: str = "
         ("steps", steps_rows(summary["steps"])),
     ]
     title = f"neuronlens study: {summary['model']} on {summary['task']}"
-    write_page(path, title, sections, plotly_js=plotly_js)
+    write_page(path, title, sections, plotly_js=plotly_js, images=images)

@@ -68,7 +68,7 @@ from neuronlens.pruning import (
     save_pruned,
 )
 from neuronlens.study.config import MAX_VAL, VALIDATION, ConfigError, StudyConfig
-from neuronlens.study.report import check_plotly_js, write_report
+from neuronlens.study.report import check_images, check_plotly_js, write_report
 from neuronlens.study.steps import Step, data_id, model_id, remove_stale, run_steps
 from neuronlens.tasks import get_task, sentence_disjoint_split
 from neuronlens.tasks.synthetic import toy_vocabulary
@@ -338,6 +338,7 @@ def run_study(
     resume: bool = True,
     log=print,
     plotly_js: str = "inline",
+    images: str | None = None,
 ) -> dict:
     """Run (or resume) a study; returns the summary also written to ``out/summary.json``.
 
@@ -346,8 +347,11 @@ def run_study(
     the library version, the steps it uses); otherwise it is computed again, and the log and the report
     say which steps were reused and why the others were not. Every file is written
     atomically, so a study killed at any moment resumes from its last finished step.
-    ``plotly_js="cdn"``: a small report that loads Plotly's JavaScript from its CDN."""
+    ``plotly_js="cdn"``: a small report that loads Plotly's JavaScript from its CDN;
+    ``images="png"`` or ``"svg"``: every figure also as a still image in ``out/figures/``
+    (needs kaleido)."""
     check_plotly_js(plotly_js)
+    check_images(images)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)  # what a killed run left
@@ -367,7 +371,8 @@ def run_study(
         "steps": {},
     }
     run_steps(run, list(STUDY_STEPS), summary, resume=resume, log=log)
-    write_report(out / "report.html", summary, _figures(run, summary), plotly_js=plotly_js)
+    figures = _figures(run, summary)
+    write_report(out / "report.html", summary, figures, plotly_js=plotly_js, images=images)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     log(f"report: {out / 'report.html'}")
     return summary
