@@ -340,7 +340,9 @@ def test_figures_as_still_images(tmp_path):
     pngs = sorted((tmp_path / "figures").glob("*.png"))
     assert [p.name for p in pngs] == ["01-a-heatmap-layer-x-neuron.png", "02-curve.png"]
     assert all(_png_pixels_vary(p) for p in pngs)  # drawn, not blank
-    assert not list((tmp_path / "figures").glob(".*"))  # no temporary file left
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
+    write_page(tmp_path / "report.html", "t", sections[1:], images="png")  # one figure now
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["01-curve.png"]
 
 
 def test_still_images_need_kaleido_and_a_known_format(tmp_path, monkeypatch, capsys):

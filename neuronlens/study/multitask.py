@@ -428,13 +428,13 @@ def run_multitask_study(
     (needs kaleido)."""
     check_plotly_js(plotly_js)
     check_images(images)
+    slugs = [_slug(name) for name in cfg.models]
+    if len(set(slugs)) != len(slugs):
+        raise ConfigError(f"models {cfg.models} would share a results folder ({slugs}); rename one")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
     write_text_atomic(out / "config.json", json.dumps(_jsonable(cfg), indent=2))
-    slugs = [_slug(name) for name in cfg.models]
-    if len(set(slugs)) != len(slugs):
-        raise ConfigError(f"models {cfg.models} would share a results folder ({slugs}); rename one")
     splits = {spec.name: task_splits(cfg, spec) for spec in cfg.tasks}
     summary: dict = {
         "models": {},

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.io import atomic_path, write_text_atomic
+from neuronlens.io import atomic_dir, write_text_atomic
 
 _STYLE = (
     "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
@@ -81,23 +81,23 @@ def _slug(text: str) -> str:
 
 def write_images(folder: Path, sections: Sequence[tuple[str, object]], images: str) -> list[Path]:
     """Every figure of ``sections`` as ``folder/NN-heading.<images>`` (numbered in page
-    order), each written atomically; returns the paths."""
+    order); returns the paths. The folder is replaced as a whole, once every image is
+    drawn: it never holds images of an earlier report."""
     check_images(images)
-    paths = []
+    names = []
     figures = [(h, c) for h, c in sections if hasattr(c, "to_image")]
-    for i, (heading, fig) in enumerate(figures, start=1):
-        path = folder / f"{i:02d}-{_slug(heading)}.{images}"
-        try:
-            data = fig.to_image(format=images, width=1000, height=600)
-        except Exception as err:  # kaleido's own errors: no browser, a browser that failed
-            raise NeuronLensError(
-                f"could not draw {heading!r} as {images} ({type(err).__name__}: {err}); "
-                "kaleido needs Chrome or Chromium (kaleido.get_chrome_sync() installs one)"
-            ) from None
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-        paths.append(path)
-    return paths
+    with atomic_dir(folder) as tmp:
+        for i, (heading, fig) in enumerate(figures, start=1):
+            try:
+                data = fig.to_image(format=images, width=1000, height=600)
+            except Exception as err:  # kaleido's own errors: no browser, a browser that failed
+                raise NeuronLensError(
+                    f"could not draw {heading!r} as {images} ({type(err).__name__}: {err}); "
+                    "kaleido needs Chrome or Chromium (kaleido.get_chrome_sync() installs one)"
+                ) from None
+            names.append(f"{i:02d}-{_slug(heading)}.{images}")
+            (tmp / names[-1]).write_bytes(data)
+    return [folder / n for n in names]
 
 
 def write_page(
