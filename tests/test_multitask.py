@@ -103,6 +103,8 @@ def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
     assert main(["study", str(cfg_path), "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())["models"]["tiny:bert"]
     assert all(step["loaded"] for step in again["steps"].values())
+    for name, step in again["steps"].items():  # how long each took when it was computed
+        assert step["computed_seconds"] == s["steps"][name]["seconds"], name
     assert again["accuracy"] == s["accuracy"] and again["suppression"] == s["suppression"]
     # another percent list: only the suppression steps are recomputed
     changed = run_multitask_study(

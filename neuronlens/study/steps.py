@@ -132,10 +132,19 @@ def remove_stale(out: Path) -> None:
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
+def _computed_seconds(time_file: Path) -> float | None:
+    """How long the saved result took to compute (``None``: saved before times were kept)."""
+    try:
+        return float(json.loads(time_file.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_steps(run, steps: list[Step], summary: dict, *, resume: bool, log) -> None:
     """Run (or reuse) every step in order: results in ``run.results``, their summaries and
-    ``summary["steps"][name] = {seconds, loaded, why}`` in ``summary``; the log says which
-    step of how many is running and how long the finished ones took."""
+    ``summary["steps"][name] = {seconds, loaded, why, computed_seconds}`` in ``summary``
+    (``seconds`` this run, ``computed_seconds`` the run that computed the result); the log
+    says which step of how many is running and how long the finished ones took."""
     keys: dict[str, dict] = {}
     summary.setdefault("steps", {})
     started = time.perf_counter()
@@ -147,7 +156,11 @@ def run_steps(run, steps: list[Step], summary: dict, *, resume: bool, log) -> No
         run.results[step.name] = value
         summary.update(step.summary(run, value))
         seconds = time.perf_counter() - t0
-        summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded, "why": why}
+        time_file = _key_file(run.out, step.name).with_suffix(".time.json")
+        if not loaded:  # how long computing it took, kept for the runs that reuse it
+            write_text_atomic(time_file, json.dumps({"seconds": round(seconds, 1)}))
+        summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded, "why": why,
+                                       "computed_seconds": _computed_seconds(time_file)}  # fmt: skip
         log(
             f"[{step.name}] {'loaded (unchanged)' if loaded else f'computed ({why})'} in {seconds:.1f} s"
         )

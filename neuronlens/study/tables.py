@@ -161,9 +161,9 @@ def _model_sections(name: str, m: Mapping, tasks: list[str], adversarial: Mappin
     steps = m.get("steps", {})
     if steps:
         out += ["### Steps", _table(
-            ["step", "seconds", "reused"],
-            [[s, f"{v['seconds']:.0f}", "yes" if v["loaded"] else f"no ({v['why']})"]
-             for s, v in steps.items()])]  # fmt: skip
+            ["step", "computed in (s)", "this run (s)", "reused"],
+            [[s, _num(v.get("computed_seconds"), 0), f"{v['seconds']:.0f}",
+              "yes" if v["loaded"] else f"no ({v['why']})"] for s, v in steps.items()])]  # fmt: skip
     return out
 
 
