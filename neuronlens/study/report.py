@@ -88,16 +88,29 @@ def write_images(folder: Path, sections: Sequence[tuple[str, object]], images: s
     figures = [(h, c) for h, c in sections if hasattr(c, "to_image")]
     with atomic_dir(folder) as tmp:
         for i, (heading, fig) in enumerate(figures, start=1):
-            try:
-                data = fig.to_image(format=images, width=1000, height=600)
-            except Exception as err:  # kaleido's own errors: no browser, a browser that failed
-                raise NeuronLensError(
-                    f"could not draw {heading!r} as {images} ({type(err).__name__}: {err}); "
-                    "kaleido needs Chrome or Chromium (kaleido.get_chrome_sync() installs one)"
-                ) from None
             names.append(f"{i:02d}-{_slug(heading)}.{images}")
-            (tmp / names[-1]).write_bytes(data)
+            (tmp / names[-1]).write_bytes(_draw(fig, heading, images))
     return [folder / n for n in names]
+
+
+def _draw(fig, heading: str, fmt: str, tries: int = 2) -> bytes:
+    """One figure drawn by kaleido, without MathJax (the figures use none, and kaleido's
+    default fetches it from a CDN); a browser that failed once is given a second try."""
+    import kaleido
+
+    failed: Exception | None = None
+    for _ in range(tries):
+        try:
+            return kaleido.calc_fig_sync(
+                fig.to_dict(), opts={"format": fmt, "width": 1000, "height": 600},
+                kopts={"mathjax": False},
+            )  # fmt: skip
+        except Exception as err:  # kaleido's own errors: no browser, a browser that failed
+            failed = err
+    raise NeuronLensError(
+        f"could not draw {heading!r} as {fmt} ({type(failed).__name__}: {failed}); "
+        "kaleido needs Chrome or Chromium (kaleido.get_chrome_sync() installs one)"
+    )
 
 
 def write_page(
