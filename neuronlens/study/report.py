@@ -42,7 +42,7 @@ def table_html(rows: Sequence[Mapping] | Mapping) -> str:
 def steps_rows(steps: Mapping[str, dict]) -> list[dict]:
     """The steps table: seconds, and whether each was reused or computed (and why)."""
     return [
-        {"step": name, "seconds": v["seconds"], "computed in (s)": v.get("computed_seconds", ""),
+        {"step": name, "seconds": v["seconds"], "computed in (s)": "" if v.get("computed_seconds") is None else v["computed_seconds"],
          "": "loaded from disk" if v["loaded"] else f"computed ({v.get('why') or 'new'})"}
         for name, v in steps.items()
     ]  # fmt: skip
