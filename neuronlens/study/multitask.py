@@ -464,9 +464,9 @@ def run_multitask_study(
     sections.insert(0, ("accuracy by dataset and model", _overview(summary)))
     title = f"neuronlens multi-task study: {', '.join(summary['models'])}"
     write_page(out / "report.html", title, sections, plotly_js=plotly_js, images=images)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
-    write_text_atomic(out / "tables.md", multitask_markdown(json.loads(
-        (out / "summary.json").read_text())))  # fmt: skip
+    text = json.dumps(summary, indent=2, default=float)
+    write_text_atomic(out / "summary.json", text)
+    write_text_atomic(out / "tables.md", multitask_markdown(json.loads(text)))  # as saved
     log(f"report: {out / 'report.html'} (tables: {out / 'tables.md'})")
     return summary
 

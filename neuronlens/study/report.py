@@ -126,8 +126,7 @@ def write_page(
     ``images="png"`` or ``"svg"``: every figure also as a still image in ``figures/`` beside
     the page (:func:`write_images`)."""
     check_plotly_js(plotly_js)
-    check_images(images)
-    if images is not None:
+    if images is not None:  # (write_images checks the format and kaleido first)
         write_images(path.parent / "figures", sections, images)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",

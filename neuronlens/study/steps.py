@@ -157,10 +157,11 @@ def run_steps(run, steps: list[Step], summary: dict, *, resume: bool, log) -> No
         summary.update(step.summary(run, value))
         seconds = time.perf_counter() - t0
         time_file = _key_file(run.out, step.name).with_suffix(".time.json")
+        computed = _computed_seconds(time_file) if loaded else round(seconds, 1)
         if not loaded:  # how long computing it took, kept for the runs that reuse it
-            write_text_atomic(time_file, json.dumps({"seconds": round(seconds, 1)}))
+            write_text_atomic(time_file, json.dumps({"seconds": computed}))
         summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded, "why": why,
-                                       "computed_seconds": _computed_seconds(time_file)}  # fmt: skip
+                                       "computed_seconds": computed}  # fmt: skip
         log(
             f"[{step.name}] {'loaded (unchanged)' if loaded else f'computed ({why})'} in {seconds:.1f} s"
         )
