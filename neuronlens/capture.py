@@ -8,17 +8,9 @@ batch's activations of one site, plus whatever the callback keeps (a running sum
 counter...). With ``grads=True`` it also computes the gradient of an objective with
 respect to each site's activations and hands both together.
 
-Token positions (``positions=``) are objects:
-
-* :class:`AllTokens` - every non-padding token (soft-prompt positions included or not);
-* :class:`PromptTokens` - the soft-prompt positions ``0 .. p-1``;
-* :class:`PositionRange` - any fixed range of positions of the full sequence;
-* :class:`MaskToken` - the mask token of each example;
-* :class:`LastToken` - the last non-padding token of each example;
-* :class:`AnswerToken` - where the prompt's head reads the answer (its ``readout``);
-* :class:`PromptAndAnswer` - the soft-prompt positions, plus the answer position when the
-  head reads it outside the prompt;
-* :class:`Pooled` - the mean over the positions another selector picks (one per example).
+Token positions (``positions=``) are the selector objects of :mod:`neuronlens.positions`
+(re-exported here): :class:`AllTokens`, :class:`PromptTokens`, :class:`AnswerToken`,
+:class:`PromptAndAnswer`, :class:`Pooled`, ...
 
 Positions index the full sequence the model sees, soft prompt included; where the prompt
 and the answer sit comes from the forward pass itself (:class:`~neuronlens.models.layout.Layout`),
@@ -44,175 +36,24 @@ from neuronlens.errors import (
     ShapeMismatchError,
 )
 from neuronlens.models.families import ModelKind
-from neuronlens.models.layout import Layout, Placement, mask_positions
+from neuronlens.models.layout import Layout, Placement
 from neuronlens.models.model import Encoded, NeuronModel
 from neuronlens.models.prefix import sequence_positions
 from neuronlens.models.sites import Site, SiteSpec
-from neuronlens.progress import tqdm
-
-# ---------------------------------------------------------------------------- positions
-
-
-@dataclass(frozen=True)
-class PositionContext:
-    """What a position selector may look at for one batch: its :class:`Layout`."""
-
-    layout: Layout
-    mask_token_id: int | None = None
-
-    @property
-    def input_ids(self) -> Tensor:
-        """``[B, L]`` without the soft prompt."""
-        return self.layout.input_ids
-
-    @property
-    def attention_mask(self) -> Tensor:
-        """``[B, T]`` of the full sequence, soft prompt included."""
-        return self.layout.attention_mask
-
-    @property
-    def n_prompt(self) -> int:
-        return self.layout.n_prompt
-
-
-class Positions:
-    """Chooses token positions of each example. Subclasses implement :meth:`select`."""
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        """``(index [B, n] or None, valid [B, n] bool)``; ``None`` index keeps every position."""
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class AllTokens(Positions):
-    """Every non-padding token; ``include_prompt=False`` drops the soft-prompt positions."""
-
-    include_prompt: bool = True
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        valid = ctx.attention_mask.bool()
-        if not self.include_prompt and ctx.n_prompt:
-            valid = valid & ~ctx.layout.prompt_mask()
-        return None, valid
-
-
-@dataclass(frozen=True)
-class PositionRange(Positions):
-    """Positions ``start .. stop-1`` of the full sequence (soft prompt included)."""
-
-    start: int
-    stop: int
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        length = ctx.attention_mask.shape[1]
-        if not 0 <= self.start < self.stop <= length:
-            raise NeuronLensError(
-                f"position range {self.start}..{self.stop} does not fit a batch of length {length}"
-            )
-        b = ctx.attention_mask.shape[0]
-        idx = torch.arange(self.start, self.stop, device=ctx.attention_mask.device).expand(b, -1)
-        return idx, ctx.attention_mask.gather(1, idx).bool()
-
-
-@dataclass(frozen=True)
-class PromptTokens(Positions):
-    """The soft-prompt positions (needs a soft prompt), wherever the prompt sits."""
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        if ctx.n_prompt == 0:
-            raise NeuronLensError(
-                "PromptTokens() needs a soft prompt: pass prompt= (a [p, d_model] tensor)"
-            )
-        idx = ctx.layout.prompt_index()
-        return idx, torch.ones_like(idx, dtype=torch.bool)
-
-
-@dataclass(frozen=True)
-class MaskToken(Positions):
-    """The position of the tokenizer's mask token (exactly one per example)."""
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        found = mask_positions(ctx.input_ids, ctx.mask_token_id).unsqueeze(1)
-        idx = ctx.layout.full_position(found)
-        return idx, torch.ones_like(idx, dtype=torch.bool)
-
-
-@dataclass(frozen=True)
-class LastToken(Positions):
-    """The last non-padding token of each example (right padding)."""
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        idx = (ctx.attention_mask.sum(1, keepdim=True) - 1).long()
-        return idx, torch.ones_like(idx, dtype=torch.bool)
-
-
-_NO_ANSWER = (
-    "this forward pass reads no single answer position: a pooled linear head "
-    "(readout='pool') averages the input tokens (use Pooled(AllTokens(include_prompt=False))), "
-    "T5 reads its answer in the decoder, and a forward that is not a head's class_logits "
-    "has no answer at all"
+from neuronlens.positions import (  # noqa: F401 (the selectors, also importable from here)
+    AllTokens,
+    AnswerToken,
+    LastToken,
+    MaskToken,
+    Pooled,
+    PositionContext,
+    PositionRange,
+    Positions,
+    PromptAndAnswer,
+    PromptTokens,
+    blind_positions,
 )
-
-
-@dataclass(frozen=True)
-class AnswerToken(Positions):
-    """The position where the head reads its answer (its ``readout``): the mask token, a
-    soft-prompt position, or the last token. Needs a forward pass through a head."""
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        if ctx.layout.answer is None:
-            raise NeuronLensError(f"AnswerToken(): {_NO_ANSWER}")
-        idx = ctx.layout.answer.unsqueeze(1)
-        return idx, torch.ones_like(idx, dtype=torch.bool)
-
-
-@dataclass(frozen=True)
-class PromptAndAnswer(Positions):
-    """The soft-prompt positions, and after them the answer position when the head reads
-    its answer outside the prompt (the template's mask, the last input token). With
-    ``readout="prompt"`` the answer is a prompt position, so these are the prompt's."""
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        layout = ctx.layout
-        parts = [layout.prompt_index()] if layout.n_prompt else []
-        if layout.answer is not None:
-            inside = layout.prompt_mask().gather(1, layout.answer.unsqueeze(1)).squeeze(1)
-            if not bool(inside.all()):
-                parts.append(layout.answer.unsqueeze(1))
-        if not parts:
-            raise NeuronLensError(
-                "PromptAndAnswer(): the forward has no soft prompt and no answer position; "
-                "pass a prompt, or choose positions such as LastToken()"
-            )
-        idx = torch.cat(parts, 1)
-        return idx, torch.ones_like(idx, dtype=torch.bool)
-
-
-@dataclass(frozen=True)
-class Pooled(Positions):
-    """The mean activation over the positions ``inner`` selects, one value per example: e.g.
-    ``Pooled(AllTokens(include_prompt=False))``, what a pooled linear head reads."""
-
-    inner: Positions = AllTokens(include_prompt=False)
-
-    def select(self, ctx: PositionContext) -> tuple[Tensor | None, Tensor]:
-        return self.inner.select(ctx)
-
-    @staticmethod
-    def pool(t: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """``([B, 1, width], [B, 1])``: the mean over each example's valid positions."""
-        w = valid.to(t.dtype).unsqueeze(-1)
-        n = w.sum(1, keepdim=True)
-        if bool((n == 0).any()):
-            raise EmptyDataError("Pooled(): an example has no token at the inner positions")
-        return (t * w).sum(1, keepdim=True) / n, valid.any(1, keepdim=True)
-
-
-def blind_positions(layout: Layout, idx: Tensor | None, valid: Tensor) -> Tensor:
-    """``[B, n]`` bool: valid selected positions whose activations cannot depend on the input
-    (in a causal LM, the positions before it: a soft prompt prepended to the input)."""
-    return valid & ~layout.sees_input(idx)
-
+from neuronlens.progress import tqdm
 
 # ---------------------------------------------------------------------------- batches
 

@@ -55,3 +55,12 @@ class DataFileNotFoundError(DataError, FileNotFoundError):
 
 class DegenerateScoresError(NeuronLensError, ValueError):
     """A score map that cannot rank anything (no neuron varies, every score the same)."""
+
+
+class NonFiniteValueError(NeuronLensError, ValueError):
+    """NaN or infinite numbers where finite ones are needed: a saved prompt or head,
+    intervention values, scores."""
+
+
+class NonFiniteScoresError(NonFiniteValueError):
+    """Neuron scores holding NaN or inf, which cannot be ranked."""

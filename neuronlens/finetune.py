@@ -66,7 +66,7 @@ def fine_tune(
         >>> ft, res = fine_tune(model, task, train=train, epochs=1)  # doctest: +SKIP
         >>> evaluate(ft, res, dev).accuracy                          # doctest: +SKIP
     """
-    checks.number("weights_lr", weights_lr, low=0)
+    checks.number("weights_lr", weights_lr, low=0, finite=True)
     s = TrainingSettings.of(settings, **training)
     task, train, validation = training_splits(task, train, validation, data_dir, s.val_limit)
     tuned = copy_model(model, name or f"{model.name} fine-tuned on {task.name}")

@@ -26,12 +26,15 @@ have no prompt positions: there every position counts as input.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import math
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+import neuronlens.checks as checks
 from neuronlens.capture import SiteBatch, capture, flat_heads
 from neuronlens.errors import NeuronLensError, ShapeMismatchError, SiteError
 from neuronlens.models.layout import Layout, make_layout
@@ -103,10 +106,26 @@ class Noise(Intervention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.std >= 0:
-            raise NeuronLensError(f"noise std must be >= 0, got {self.std}")
+        if (
+            isinstance(self.std, bool)
+            or not isinstance(self.std, numbers.Real)
+            or not 0 <= self.std < math.inf
+        ):
+            raise NeuronLensError(
+                f"noise std must be a finite number >= 0 (absolute, or a multiple of scale=), "
+                f"got {self.std!r}"
+            )
         if self.per not in NOISE_PER:
             raise NeuronLensError(f"per must be one of {NOISE_PER}, got {self.per!r}")
+        checks.integer("Noise seed", self.seed)
+        if self.scale is not None:
+            self.scale = _site_values("Noise(scale=...)", self.scale, self.neurons)
+            for site, v in self.scale.items():
+                if bool((v < 0).any()):
+                    raise NeuronLensError(
+                        f"Noise(scale=...) for site {site} holds {int((v < 0).sum())} negative "
+                        "values: a scale is a per-neuron standard deviation, >= 0"
+                    )
 
     def reset(self) -> None:
         self._gen = None
@@ -136,6 +155,12 @@ class Replace(Intervention):
 
     values: dict[str, Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.values = _site_values(
+            "Replace values", self.values, self.neurons, per_token=self.positions == "prompt"
+        )
+
     def apply(self, site: str, acts: Tensor, where: Tensor, layout: Layout | None = None) -> Tensor:
         if site not in self.values:
             raise NeuronLensError(f"Replace has no values for site {site}")
@@ -154,6 +179,47 @@ class Replace(Intervention):
         elif v.shape != acts.shape[-1:]:
             raise ShapeMismatchError(f"Replace values for {site} have shape {list(v.shape)}")
         return torch.where(hit, v.expand_as(acts), acts)
+
+
+def _site_values(
+    what: str, values, neurons: NeuronSet, *, per_token: bool = False
+) -> dict[str, Tensor]:
+    """``values`` (site name -> ``[width]`` tensor, or ``[p, width]`` per prompt token where
+    ``per_token``) checked for every site of ``neurons``: present, of the site's width, finite.
+    Sites outside the set are kept as they are (e.g. the statistics of every site)."""
+    if not isinstance(values, Mapping):
+        raise NeuronLensError(
+            f"{what} must be a dict site name -> [width] tensor, one per site of the neuron set "
+            f"(e.g. activation_stats(...).std), got {type(values).__name__} {values!r:.60}"
+        )
+    out = dict(values)
+    shape = "[width]" + (" or [p, width] (per prompt token)" if per_token else "")
+    for site in sorted(neurons.indices):
+        if site not in values:
+            per = "per-neuron scale" if what.startswith("Noise") else "values"
+            raise NeuronLensError(
+                f"{what} has no {per} for site {site}: give one for every site of the neuron "
+                f"set ({sorted(neurons.indices)}), e.g. activation_stats(...).std or .mean"
+            )
+        v = values[site]
+        if not isinstance(v, Tensor):
+            try:
+                v = torch.as_tensor(v, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise NeuronLensError(
+                    f"{what} for site {site} must be a {shape} tensor, got {type(v).__name__}"
+                ) from None
+        width = neurons.widths[site]
+        if not (v.shape == (width,) or (per_token and v.dim() == 2 and v.shape[1] == width)):
+            raise ShapeMismatchError(
+                f"{what} for site {site} has shape {list(v.shape)}, but the site has {width} "
+                f"neurons: give {shape} values"
+            )
+        if not v.is_floating_point():
+            v = v.float()
+        checks.finite_tensor(f"{what} for site {site}", v, hint="give finite values")
+        out[site] = v
+    return out
 
 
 def _where(positions: str, layout: Layout | None, acts: Tensor) -> Tensor:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import math
+import numbers
 import os
 import platform
 import shutil
@@ -34,6 +36,29 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = "unknown"
     return out
+
+
+def finite_or_none(value):
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``, numpy and torch
+    scalars and arrays made plain: what strict JSON can hold."""
+    if isinstance(value, dict):
+        return {str(k): finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str):  # numpy / torch
+        return finite_or_none(value.tolist())
+    if isinstance(value, float) or (
+        isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+    ):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def json_text(value, **kwargs) -> str:
+    """Strict JSON (no ``NaN`` / ``Infinity``, which strict parsers reject): non-finite
+    numbers become ``null``; values JSON cannot hold otherwise are written with ``str``."""
+    return json.dumps(finite_or_none(value), allow_nan=False, default=str, **kwargs)
 
 
 def _stem(path: str | os.PathLike) -> Path:
@@ -96,7 +121,7 @@ def save_result(
         "versions": library_versions(),
         **metadata,
     }
-    text = json.dumps(meta, indent=2, sort_keys=True)
+    text = json_text(meta, indent=2, sort_keys=True)
     write_text_atomic(stem.with_name(stem.name + ".json"), text + "\n")
     st = stem.with_name(stem.name + ".safetensors")
     with atomic_path(st) as tmp:

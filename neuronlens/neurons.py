@@ -21,9 +21,15 @@ import torch
 from torch import Tensor
 
 import neuronlens.checks as checks
-from neuronlens.errors import NeuronLensError, ShapeMismatchError
+from neuronlens.errors import NeuronLensError, NonFiniteScoresError, ShapeMismatchError
 from neuronlens.io import load_result, save_result
 from neuronlens.models.sites import Site
+
+_NON_FINITE = (
+    "such scores cannot be ranked. Check what they were computed from: the activations (the "
+    "model's dtype and weights, the prompt, any intervention), the data, and a probe's finish "
+    "(a division by a zero count?)"
+)
 
 
 @dataclass
@@ -118,6 +124,11 @@ class NeuronScores:
                 raise ShapeMismatchError(
                     f"site {s.name}: {list(self.scores[s.name].shape)} scores for {s.width} neurons"
                 )
+        # NaN or inf would be ranked (inf first, NaN as if in index order): refuse them
+        for what, maps in (("scores", self.scores), ("per-token scores", self.per_token or {})):
+            for name, values in maps.items():
+                where = f"{self.method} {what} of {self.model} at site {name}"
+                checks.finite_tensor(where, values, hint=_NON_FINITE, error=NonFiniteScoresError)
 
     # ------------------------------------------------------------------ access
     @property
@@ -255,16 +266,19 @@ class NeuronScores:
             else:
                 name, _, site = rest.partition("/")
                 extra.setdefault(name, {})[site] = value
-        return cls(
-            scores,
-            sites,
-            meta["method"],
-            meta["model"],
-            meta["task"],
-            meta["meta"],
-            per_token or None,
-            extra,
-        )
+        try:
+            return cls(
+                scores,
+                sites,
+                meta["method"],
+                meta["model"],
+                meta["task"],
+                meta["meta"],
+                per_token or None,
+                extra,
+            )
+        except NonFiniteScoresError as err:
+            raise NonFiniteScoresError(f"{path}: {err}") from None
 
     def __repr__(self) -> str:
         return (

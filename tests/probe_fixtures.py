@@ -108,3 +108,13 @@ def planted_probe(model, task):
         lin.weight[1, 1] = 10.0
         lin.bias[1] = -10.0 * threshold
     return probe
+
+
+def probe_env():
+    """``(model, task, prompt, train, dev, skill)``: a tiny BERT, the word task, an untrained
+    prompt and its predictivity, for tests of what public calls refuse."""
+    model, task = tiny(), word_task()
+    pr = fake_prompt(model, task)
+    train, dev = task.load("train"), task.load("dev")
+    skill = nl.predictivity(model, pr, task, dev, train=train, progress=False)
+    return model, task, pr, train, dev, skill

@@ -18,16 +18,12 @@ from neuronlens.plots import neuron_heatmap
 from neuronlens.pruning import flop_ceiling, load_pruned, prune_model, skeleton_search, skip_search
 from neuronlens.study import DEMO, run_study
 
-from .probe_fixtures import fake_prompt, tiny, word_task
+from .probe_fixtures import probe_env, tiny
 
 
 @pytest.fixture(scope="module")
 def env():
-    model, task = tiny(), word_task()
-    pr = fake_prompt(model, task)
-    train, dev = task.load("train"), task.load("dev")
-    skill = nl.predictivity(model, pr, task, dev, train=train, progress=False)
-    return model, task, pr, train, dev, skill
+    return probe_env()
 
 
 CASES = {

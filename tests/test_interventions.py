@@ -215,7 +215,11 @@ def test_suppression_gaps_use_the_sample_sd_of_the_random_controls():
     sd = statistics.stdev([0.6, 0.8, 0.7])  # n - 1 in the denominator
     assert rows[0]["acc_random_std"] == pytest.approx(sd)
     assert rows[0]["gap_sd"] == pytest.approx((0.7 - 0.5) / sd)
-    assert rows[1]["acc_random_std"] == 0.0 and rows[1]["gap_sd"] == float("inf")  # one control
-    assert np.isnan(rows[2]["gap_sd"])  # top equals the random controls, which do not spread
+    assert rows[0]["gap_note"] == ""
+    # no spread: no gap in sd (strict JSON null), and the row says why
+    assert rows[1]["acc_random_std"] == 0.0 and rows[1]["gap_sd"] is None  # one control
+    assert rows[1]["gap_note"] == "no spread: 1 random control (top lower)"
+    assert rows[2]["gap_sd"] is None  # top equals the random controls, which do not spread
+    assert rows[2]["gap_note"] == "no spread: the 2 random controls are equal (top equal)"
     band = curve.figure().data[0].y  # the figure's band: mean ± the same sd
     assert band[0] == pytest.approx(0.7 + sd)

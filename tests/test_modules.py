@@ -242,7 +242,7 @@ def test_retain_and_noise_on_heads_and_what_is_refused():
     torch.testing.assert_close(no_noise, clean)
     with (
         pytest.raises(NeuronLensError, match="whole heads"),
-        intervene(model, Replace(every, values={})),
+        intervene(model, Replace(every, values={k: torch.zeros(w) for k, w in widths.items()})),
     ):
         pass
     assert not model.bridge.hook_dict[sites[0].hook_name].fwd_hooks

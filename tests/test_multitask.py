@@ -104,7 +104,8 @@ def test_multitask_study_runs_resumes_and_reports(tmp_path, capsys):
     again = json.loads((out / "summary.json").read_text())["models"]["tiny:bert"]
     assert all(step["loaded"] for step in again["steps"].values())
     for name, step in again["steps"].items():  # how long each took when it was computed
-        assert step["computed_seconds"] == s["steps"][name]["seconds"], name
+        assert step["computed_seconds"] == s["steps"][name]["computed_seconds"], name
+        assert s["steps"][name]["computed_seconds"] <= s["steps"][name]["seconds"] + 0.1, name
     assert again["accuracy"] == s["accuracy"] and again["suppression"] == s["suppression"]
     # another percent list: only the suppression steps are recomputed
     changed = run_multitask_study(
@@ -196,10 +197,8 @@ def _swap_task(seed: int) -> None:
 
 def test_a_changed_task_recomputes_only_its_steps(tmp_path):
     """Each task's steps key that task's data: new rows for one task redo its steps and the
-    steps across tasks, and reuse the other task's. A key saved when every step keyed the
-    whole study's data is still reused while all the data is unchanged."""
-    from neuronlens.study.steps import digest
-
+    steps across tasks, and reuse the other task's. A record saved by an older version
+    (before files were hashed) is computed again."""
     _swap_task(seed=9)
     cfg = load_config(_write(tmp_path, CONFIG.replace('"mt_other"', '"mt_swap"')))
     out = tmp_path / "out"
@@ -219,16 +218,14 @@ def test_a_changed_task_recomputes_only_its_steps(tmp_path):
     run_multitask_study(cfg, out, log=lambda *_: None)  # back to the first rows
     model_dir = next(p for p in out.iterdir() if (p / "steps").is_dir())
     files = {n: model_dir / "steps" / f"{n.replace('/', '--')}.json" for n in first}
-    keys = {n: json.loads(f.read_text()) for n, f in files.items()}
-    whole = keys["accuracy"]["data"]
-    assert keys["prompts/toy_sentiment"]["data"] != whole  # the task's own data
-    # the keys an older version wrote (every step: the whole study's data): still reused
-    for name in first:  # in the study's order, so the digests chain as they did
-        keys[name] = {**keys[name], "data": whole,
-                      "uses": {u: digest(keys[u]) for u in keys[name]["uses"]}}  # fmt: skip
-        files[name].write_text(json.dumps(keys[name]))
+    keys = {n: json.loads(f.read_text())["key"] for n, f in files.items()}
+    assert keys["prompts/toy_sentiment"]["data"] != keys["accuracy"]["data"]  # its own data
+    # a record an older version wrote (the bare key, no file hashes) is not trusted
+    files["accuracy"].write_text(json.dumps(keys["accuracy"]))
     steps = run_multitask_study(cfg, out, log=lambda *_: None)["models"]["tiny:bert"]["steps"]
-    assert all(s["loaded"] for s in steps.values())
+    assert not steps["accuracy"]["loaded"]
+    assert steps["accuracy"]["why"] == "saved by an older neuronlens, before files were hashed"
+    assert steps["prompts/toy_sentiment"]["loaded"]
 
 
 def test_a_study_of_two_models_reports_both_side_by_side(tmp_path):
@@ -272,7 +269,10 @@ def test_tables_put_the_papers_numbers_beside_a_summary():
     acc = {"mean": 0.8, "std": 0.02, "seeds": [0.78, 0.8, 0.82]}
     adv = {"mean": 0.4, "std": 0.01, "seeds": [0.39, 0.4, 0.41]}
     rows = [{"percent": p, "acc_top": 0.6, "acc_random_mean": 0.7, "acc_random_std": 0.01,
-             "gap_sd": g} for p, g in ((1, 3.0), (5, 1.0), (10, float("inf")))]  # fmt: skip
+             "gap_sd": g} for p, g in ((1, 3.0), (5, 1.0), (10, 4.0))]  # fmt: skip
+    # a level whose controls do not spread has no gap (null) and says why; it never counts
+    rows.append({"percent": 15, "acc_top": 0.6, "acc_random_mean": 0.7, "acc_random_std": 0.0,
+                 "gap_sd": None, "gap_note": "no spread: 1 random control (top lower)"})  # fmt: skip
     model = {
         "accuracy": {"sst2": {"clean": acc, "adversarial": adv}},
         "predictivity": {"sst2": {"max": 0.9, "top1pct_per_layer_mean": 0.7}},
@@ -287,7 +287,12 @@ def test_tables_put_the_papers_numbers_beside_a_summary():
     assert "| adv_sst2 | 40.0 ± 1.0 | 45.3 ± 4.5 | 45.4 ± 3.3 |" in text
     assert "| sst2 | 0.900 | 0.700 | 0.250 |" in text
     assert "| prompt of | sst2 | adv_sst2 |\n|---|---|---|\n| sst2 | 0.800 | 0.400 |" in text
-    assert "| 0.600 vs 0.700 ± 0.010 | 2 of 3 |" in text  # gaps of 3 sd and inf count
+    assert "| 0.600 vs 0.700 ± 0.000 (no spread: 1 random control (top lower)) | 2 of 4 |" in text
+    # an older summary's inf (no spread) is not counted either
+    rows[-1] = {**rows[-1], "gap_sd": float("inf"), "gap_note": None}
+    text = multitask_markdown({"models": {"m": model}, "tasks": ["sst2"],
+                               "adversarial": {"sst2": "adv_sst2"}})  # fmt: skip
+    assert "0.600 vs 0.700 ± 0.000 (no spread in the random controls) | 2 of 4 |" in text
 
 
 @pytest.mark.parametrize("content,match", [(None, "does not exist"), ("{", "not JSON"),
@@ -297,3 +302,119 @@ def test_tables_of_something_else_is_a_clear_error(tmp_path, capsys, content, ma
         (tmp_path / "summary.json").write_text(content)
     assert main(["tables", str(tmp_path)]) == 2
     assert match in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- faults (issue 32)
+
+
+def _results(summary: dict) -> dict:
+    """What the study computed, as summary.json holds it (strict JSON: NaN is null)."""
+    from neuronlens.io import json_text
+
+    m = summary["models"]["tiny:bert"]
+    return json.loads(json_text({k: v for k, v in m.items() if k != "steps"}))
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_a_killed_seed_of_a_changed_config_is_not_reused_after_a_revert(tmp_path, monkeypatch):
+    """Killed right after seed 0's prompt was saved under a changed config (n_tokens 3 -> 5),
+    then reverted: seed 0 of the changed run is not taken for the reverted one, every prompt
+    has 3 tokens, and the results equal an undisturbed run's."""
+    import os
+
+    from neuronlens.prompts import PromptResult
+    from neuronlens.study.single import load_study_model
+
+    cfg = load_config(_write(tmp_path, CONFIG))
+    want = _results(run_multitask_study(cfg, tmp_path / "clean", log=lambda *_: None))
+    out = tmp_path / "out"
+    run_multitask_study(cfg, out, log=lambda *_: None)
+    changed = MultiTaskConfig(**{**_raw(cfg), "n_tokens": 5})
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        real(src, dst, *a, **k)
+        if str(dst).endswith("toy_sentiment/seed0.key.json"):
+            raise _Killed(dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(_Killed):
+            run_multitask_study(changed, out, log=lambda *_: None)
+    logged = []
+    got = _results(run_multitask_study(cfg, out, log=logged.append))
+    assert got == want
+    assert not any("seed 0: reused" in line for line in logged)
+    model = load_study_model("tiny:bert")
+    for f in (out / "tiny-bert" / "prompts").rglob("seed*.safetensors"):
+        assert PromptResult.load(f.with_suffix(""), model).n_tokens == 3, f
+
+
+def test_a_finished_seed_with_a_damaged_file_is_tuned_again(tmp_path, monkeypatch):
+    import neuronlens.study.multitask as mt
+
+    cfg = load_config(_write(tmp_path, CONFIG))
+    out = tmp_path / "out"
+    run_multitask_study(cfg, out, log=lambda *_: None)
+    model_dir = out / "tiny-bert"
+    (model_dir / "steps" / "prompts--toy_sentiment.json").unlink()  # as if killed in the step
+    seed0 = model_dir / "prompts" / "toy_sentiment" / "seed0.safetensors"
+    seed0.write_bytes(seed0.read_bytes()[:-10])
+    calls = []
+    real = mt.tune_prompt
+    monkeypatch.setattr(mt, "tune_prompt", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    logged = []
+    run_multitask_study(cfg, out, log=logged.append)
+    assert calls == [0]  # seed 0's file changed: tuned again; seed 1 is whole: reused
+    assert any("seed 1: reused" in line for line in logged)
+
+
+@pytest.mark.parametrize(
+    "rel,how",
+    [("accuracy.json", "garbage"), ("specificity.json", "truncated"),
+     ("transfer.json", "swapped"), ("scores/toy_sentiment-adv.safetensors", "swapped"),
+     ("cross--toy_sentiment.json", "truncated"), ("prompts/mt_other/seed1.json", "garbage")],
+)  # fmt: skip
+def test_a_damaged_multitask_artifact_is_recomputed(tmp_path, rel, how):
+    cfg = load_config(_write(tmp_path, CONFIG))
+    out = tmp_path / "out"
+    want = _results(run_multitask_study(cfg, out, log=lambda *_: None))
+    path = out / "tiny-bert" / rel
+    swap = {"transfer.json": "accuracy.json",
+            "scores/toy_sentiment-adv.safetensors": "scores/toy_sentiment.safetensors"}  # fmt: skip
+    data = path.read_bytes()
+    if how == "garbage":
+        path.write_bytes(b"\x00garbage" * (len(data) // 8 + 1))
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        path.write_bytes((out / "tiny-bert" / swap[rel]).read_bytes())
+    logged = []
+    got = run_multitask_study(cfg, out, log=logged.append)
+    assert any(rel in line for line in logged), logged
+    assert _results(got) == want
+
+
+def test_one_model_and_task_names_each_on_its_own_eval_split(tmp_path):
+    """The issue's config: ``model = "..."`` (one model) and ``tasks`` as names; each task is
+    evaluated on its own default split (toy_sentiment: test, SST-2: dev)."""
+    from .conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "sst2").is_dir():
+        pytest.skip("needs ../shared/data")
+    text = (
+        'model = "tiny:bert"\ntasks = ["toy_sentiment", "sst2"]\nseeds = [0]\ntrain_size = 30\n'
+        f'eval_size = 20\nn_tokens = 2\nsuppression_percents = [5]\ndata_dir = "{SHARED_DATA}"\n'
+    )
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.models == ["tiny:bert"]
+    summary = run_multitask_study(cfg, tmp_path / "out", log=lambda *_: None)
+    data = summary["models"]["tiny:bert"]["data"]
+    assert data["toy_sentiment"]["eval_split"] == "test" and data["sst2"]["eval_split"] == "dev"
+    with pytest.raises(ConfigError, match="both 'model'"):
+        MultiTaskConfig(model="tiny:bert", models=["tiny:gpt2"], tasks=["toy_sentiment", "sst2"])
+    with pytest.raises(ConfigError, match="'models' \\(or 'model'\\) is missing"):
+        MultiTaskConfig(tasks=["toy_sentiment", "sst2"])

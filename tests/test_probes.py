@@ -297,8 +297,8 @@ def test_noise_scale_must_cover_the_sites():
 
     model, task = tiny(), word_task()
     nset = NeuronSet({"blocks.0": torch.tensor([1, 2])}, {"blocks.0": 24})
-    noise = Noise(nset, std=1.0, scale={"blocks.1": torch.ones(24)})
     with pytest.raises(NeuronLensError, match="no per-neuron scale for site blocks.0"):
+        noise = Noise(nset, std=1.0, scale={"blocks.1": torch.ones(24)})  # checked when built
         nl.evaluate(
             model, fake_prompt(model, task), task.load("dev"), task=task, interventions=[noise]
         )

@@ -306,6 +306,14 @@ def test_load_record_that_does_not_match(saved):
 
 def test_load_corrupted_weights(saved):
     (saved / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(NeuronLensError, match="model.safetensors is not the file save_pruned"):
+        load_pruned(saved)
+
+    def version_1(meta):  # no list of files: the weights are only found unreadable
+        meta["format_version"] = 1
+        del meta["files"]
+
+    _edit_record(saved, version_1)
     with pytest.raises(NeuronLensError, match="cannot be read"):
         load_pruned(saved)
 

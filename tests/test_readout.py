@@ -319,6 +319,8 @@ POSITION_CASES = [  # (family, head, readout, positions, reference positions)
     ("bert", "verbalizer", "mask", PromptTokens(), "prompt"),
     ("bert", "verbalizer", "prompt", None, "prompt"),
     ("bert", "linear", "pool", Pooled(), "pooled-input"),
+    ("bert", "linear", "pool", None, "pooled-input"),  # the default: where the head decides
+    ("llama", "verbalizer", "last", None, "answer"),  # the prompt precedes the input
     ("gpt2", "verbalizer", "prompt", None, "prompt"),
     ("llama", "verbalizer", "prompt", AnswerToken(), "answer"),
     ("llama", "verbalizer", "last", AnswerToken(), "answer"),
@@ -401,12 +403,9 @@ def test_planted_neuron_at_the_readout_ranks_first_on_causal_models(family):
     assert scores["blocks.0"].sort().values[-2] < 0.99  # the others see it only indirectly
     # with the prompt before the input its positions are blind: refused, saying what to use
     before = fake(model, Verbalizer(model, task.verbalizer, readout="last"), task, 0)
-    with pytest.raises(NeuronLensError, match="readout='prompt'"):
-        predictivity(model, before, task, dev, train=train, progress=False)
-    with pytest.raises(NeuronLensError, match="cannot see the input"):
-        predictivity(
-            model, before, task, dev, train=train, positions=PromptTokens(), progress=False
-        )
+    for blind in (PromptTokens(), nl.PromptAndAnswer()):
+        with pytest.raises(NeuronLensError, match="cannot see the input.*readout='prompt'"):
+            predictivity(model, before, task, dev, train=train, positions=blind, progress=False)
     # ... and the answer position of that placement sees the input: neuron 7 again
     at_answer = predictivity(
         model, before, task, dev, train=train, positions=AnswerToken(), progress=False
@@ -416,6 +415,8 @@ def test_planted_neuron_at_the_readout_ranks_first_on_causal_models(family):
         model, before, task, dev, train=train, positions=LastToken(), progress=False
     )
     assert torch.equal(last["blocks.0"], at_answer["blocks.0"])
+    default = predictivity(model, before, task, dev, train=train, progress=False)
+    assert torch.equal(default["blocks.0"], at_answer["blocks.0"])  # where the head decides
 
 
 def test_constant_maps_are_errors():
@@ -433,8 +434,8 @@ def test_constant_maps_are_errors():
     blind_pr = fake(blind, Verbalizer(blind, task.verbalizer).requires_grad_(False), task, 0)
     with pytest.raises(DegenerateScoresError, match="no neuron's activation varies"):
         predictivity(blind, blind_pr, task, dev, train=train, progress=False)
-    # one dev example cannot vary
-    with pytest.raises(DegenerateScoresError, match="no neuron's activation varies"):
+    # one dev example is of one class (and cannot vary)
+    with pytest.raises(NeuronLensError, match="dev labels are all class"):
         predictivity(model, pr, task, dev.take(1), train=train, progress=False)
     # baselines below every activation: each neuron's accuracy is the share of label 1
     clean = predictivity(model, pr, task, dev, train=train, progress=False)
@@ -444,11 +445,14 @@ def test_constant_maps_are_errors():
         predictivity(model, pr, task, dev, baselines=clean, progress=False)
     with pytest.raises(NeuronLensError, match="AllTokens"):
         predictivity(model, pr, task, dev, train=train, positions=nl.AllTokens(), progress=False)
-    # the pooled linear probe has no prompt and no answer position
+    # the pooled linear probe has no prompt and no answer position: only its pooled input
     lin = fake(model, LinearHead(model.d_model, 2).requires_grad_(False), task, 0)
     lin.prompt = lin.prompt[:0]
     with pytest.raises(NeuronLensError, match="no soft prompt and no answer"):
-        predictivity(model, lin, task, dev, train=train, progress=False)
+        predictivity(model, lin, task, dev, train=train, positions=nl.PromptAndAnswer(),
+                     progress=False)  # fmt: skip
+    pooled = predictivity(model, lin, task, dev, train=train, progress=False)  # the default
+    assert pooled.meta["positions"] == repr(Pooled())
     with pytest.raises(NeuronLensError, match="no single answer position"):
         predictivity(model, lin, task, dev, train=train, positions=AnswerToken(), progress=False)
 

@@ -45,6 +45,7 @@ from neuronlens.plots import (
     scatter_figure,
     suppression_figure,
 )
+from neuronlens.positions import warn_if_scores_elsewhere
 from neuronlens.probes.predictivity import predictivity
 from neuronlens.progress import tqdm
 from neuronlens.prompts.heads import render_texts
@@ -189,17 +190,30 @@ class SuppressionCurve(_Table):
     per_layer: bool
     ablation: str = "zeroed"
 
-    def gaps(self) -> list[float]:
+    def gaps(self) -> list[float | None]:
         """Per level: (random mean - top) in random standard deviations (the sample sd of the
-        random controls; ``inf`` when they do not spread, or there is one, and top is lower;
-        ``nan`` at equal values)."""
+        random controls); ``None`` where the controls do not spread (one control, or all
+        equal), for which :meth:`gap_notes` says why."""
         out = []
         for t, r in zip(self.top, self.random, strict=True):
-            diff, sd = float(np.mean(r)) - t, sample_sd(r)
-            out.append(diff / sd if sd > 0 else (np.sign(diff) * np.inf if diff else np.nan))
+            sd = sample_sd(r)
+            out.append((float(np.mean(r)) - t) / sd if sd > 0 else None)
+        return out
+
+    def gap_notes(self) -> list[str]:
+        """Per level, why there is no gap in standard deviations (``""`` where there is)."""
+        out = []
+        for t, r in zip(self.top, self.random, strict=True):
+            if sample_sd(r) > 0:
+                out.append("")
+                continue
+            side = {1: "top lower", -1: "top higher", 0: "top equal"}[int(np.sign(np.mean(r) - t))]
+            spread = "1 random control" if len(r) < 2 else f"the {len(r)} random controls are equal"
+            out.append(f"no spread: {spread} ({side})")
         return out
 
     def rows(self) -> list[dict]:
+        """One row per level; ``gap_sd`` is ``None`` where it is undefined (``gap_note``)."""
         return [
             {
                 "percent": p,
@@ -208,9 +222,16 @@ class SuppressionCurve(_Table):
                 "acc_random_mean": float(np.mean(r)),
                 "acc_random_std": sample_sd(r),
                 "gap_sd": g,
+                "gap_note": n,
             }
-            for p, c, t, r, g in zip(
-                self.percents, self.counts, self.top, self.random, self.gaps(), strict=True
+            for p, c, t, r, g, n in zip(
+                self.percents,
+                self.counts,
+                self.top,
+                self.random,
+                self.gaps(),
+                self.gap_notes(),
+                strict=True,
             )
         ]
 
@@ -260,6 +281,8 @@ def suppression_curve(
     if not percents:
         raise NeuronLensError("percents is empty: give the levels to switch off, e.g. (1, 5, 10)")
     task = task or get_task(data.task)
+    if scores.method == "predictivity":
+        warn_if_scores_elsewhere(scores.meta, tuned.head, "suppression_curve's scores")
     abl = _ablation(ablation, model, tuned, task, train)
     if positions is not None:
         abl = replace(abl, positions=positions)

@@ -16,6 +16,9 @@ from neuronlens.models.attention_heads import fix_bias_hooks, own_head_counts
 from neuronlens.models.families import family_for_architecture
 from neuronlens.models.model import NeuronModel
 
+HEAD_SEED = 0
+"""Seed of the LM head given to a model whose checkpoint has none (see :func:`draw_head`)."""
+
 
 def load_model(
     model: str | os.PathLike | transformers.PreTrainedModel,
@@ -126,8 +129,35 @@ def _pretrained(model, dtype, name, has_lm_head):
     head_missing = bool(family.head_prefixes) and any(
         k.startswith(family.head_prefixes) for k in missing
     )
+    if head_missing:
+        draw_head(hf)
     head = (not head_missing) if has_lm_head is None else has_lm_head
     return hf, family, name or source, head, source
+
+
+def draw_head(hf: transformers.PreTrainedModel, seed: int = HEAD_SEED) -> None:
+    """Draw the LM head of a checkpoint that has none from a fixed seed.
+
+    Nothing reads such a head (the model is ``kind=ModelKind.ENCODER``), but it still makes
+    the model's full-forward logits: drawn from ``seed`` rather than from the global random
+    state, they are the same in every process, and after ``save_pruned`` (which leaves the
+    head out) and ``load_pruned`` (which draws it again). Tied weights (the head's decoder is
+    the input embedding) keep their values.
+    """
+    base = hf.base_model
+    if base is hf:
+        return
+    in_base = {id(m) for m in base.modules()}
+    shared = {id(p) for p in base.parameters()}
+    head = [m for m in hf.modules() if m is not hf and id(m) not in in_base]
+    tied = [p for m in head for p in m.parameters(recurse=False) if id(p) in shared]
+    kept = [p.detach().clone() for p in tied]
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for module in head:
+            hf._init_weights(module)
+        for param, value in zip(tied, kept, strict=True):
+            param.copy_(value)
 
 
 def _boot(label: str, hf: torch.nn.Module, tokenizer, device) -> torch.nn.Module:

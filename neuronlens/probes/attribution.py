@@ -215,6 +215,7 @@ def gold_logit(logits: Tensor, batch) -> Tensor:
 def _prepare(model, tuned, data, n, seed, sites, include_prompt, modules="ffn"):
     """``(subset, sites, meta)`` shared by every method: checks, the seeded subset, the
     sites the head reaches (a T5 linear head reads the encoder only)."""
+    checks.split("attribute's data", data)  # labels: the gold logit is differentiated
     if len(data) == 0:
         raise EmptyDataError("attribution got an empty split")
     if n is not None:

@@ -1,8 +1,10 @@
 """Skill-neuron predictivity (Wang et al. 2022; robustness paper eqs. 2-5).
 
 For neuron ``N`` and position ``i`` (activation ``a`` = FFN activation after the
-nonlinearity, read at the ``i``-th selected position; by default the soft-prompt positions,
-plus the position where the head reads its answer when that lies outside the prompt):
+nonlinearity, read at the ``i``-th selected position; by default where the prompt's head
+decides, :func:`neuronlens.positions.decision_positions`: the pooled input tokens for a
+pooled linear head, else the soft-prompt positions plus the answer position when that lies
+outside the prompt, or only the answer where a causal LM's prompt precedes the input):
 
 * baseline ``a_bsl(N, i)``: mean over the **train** split of ``a(N, i, x)``;
 * accuracy ``Acc(N, i)``: fraction of **dev** examples with ``[a(N, i, x) > a_bsl] == y``;
@@ -49,6 +51,12 @@ from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
+from neuronlens.positions import (
+    decision_positions,
+    positions_from_spec,
+    positions_spec,
+    warn_if_elsewhere,
+)
 from neuronlens.probes.base import Probe, ProbeRun, State, collect_state
 from neuronlens.prompts.heads import render_texts
 from neuronlens.prompts.results import PromptResult
@@ -165,14 +173,32 @@ def _labels(data, one_vs_rest: int | None, n_classes: int | None = None) -> torc
                 + (f": {list(names)}" if names else "")
                 + ")"
             )
-        return (labels == one_vs_rest).long()
+        return _both_classes((labels == one_vs_rest).long(), data, one_vs_rest)
     bad = sorted(set(labels.tolist()) - {0, 1})
     if bad:
         raise DataError(
             f"predictivity needs binary labels 0/1, got {bad}: for a multi-class task pass "
             "one_vs_rest=<class> (y = [label == class])"
         )
-    return labels
+    return _both_classes(labels, data, None)
+
+
+def _both_classes(y: torch.Tensor, data, one_vs_rest: int | None) -> torch.Tensor:
+    """``y`` itself when both classes occur: against one class, a neuron's accuracy only
+    says how often it exceeds its baseline, and ``max(acc, 1 - acc)`` ranks that."""
+    if y.numel() and bool((y == y[0]).all()):
+        names = getattr(data, "label_names", None) or ()
+        c = int(y[0])
+        if one_vs_rest is None:
+            what = f"class {c}" + (f" ({names[c]!r})" if c < len(names) else "")
+        else:
+            what = f"{'' if c else 'not '}class {one_vs_rest} (one_vs_rest={one_vs_rest})"
+        raise DataError(
+            f"the dev labels are all {what}: predictivity needs both classes among the dev "
+            "examples (a neuron's accuracy against one class only says how often it fires "
+            "above its baseline); pass a dev split with examples of both classes"
+        )
+    return y
 
 
 def _counts(state: State, site: Site, what: str) -> torch.Tensor:
@@ -261,8 +287,53 @@ def _one_prompt(model: NeuronModel, k: int, pr: PromptResult, x: _Inputs):
     return pred, signed, per_pos, bsl
 
 
-def _meta(prompts, positions, dev, train, baselines, one_vs_rest) -> dict:
+def _positions(positions, prompts, baselines) -> tuple[Positions, bool]:
+    """``(positions, asked)``: the positions given, else those of reused ``baselines``, else
+    where the prompts' head decides (:func:`~neuronlens.positions.decision_positions`);
+    ``asked``: whether the user chose them (inherited baselines count as their choice)."""
+    readouts = sorted({pr.head.readout for pr in prompts})
+    if positions is not None and positions != "auto":
+        checks.instance("positions", positions, Positions, "a Positions object, e.g. AnswerToken()")
+        return positions, True
+    if len(readouts) > 1:
+        raise NeuronLensError(
+            f"the prompts read their answers at different readouts {readouts}, so there is no "
+            "one place where the model decides: score prompts of one readout together, or "
+            "pass positions="
+        )
+    spec = (baselines.meta.get("positions_spec") if baselines is not None else None) or None
+    if spec is not None:
+        chosen = positions_from_spec(spec)
+        asked = bool(baselines.meta.get("positions_asked", True))
+        if not asked:
+            warn_if_elsewhere(chosen, readouts[0], "predictivity (positions of the baselines)")
+        return chosen, asked
+    return decision_positions(readouts[0]), False
+
+
+def _splits(task, dev, train, baselines) -> tuple:
+    """``(dev, train)`` checked: dev a labelled split; train (only its texts are read, for
+    the baselines: a list of texts will do) unless ``baselines`` are reused."""
+    dev = checks.split("predictivity's dev", dev)
+    if train is not None:
+        train = checks.split("predictivity's train", train, needs_labels=False)
+        if isinstance(train, checks.Texts) and getattr(task, "is_pair", False):
+            raise DataError(
+                f"task {task.name!r} is a pair task: pass train= as a task split (texts and "
+                "texts_b), not a list of single texts"
+            )
+    if baselines is None and train is None:
+        raise NeuronLensError("give train= (to compute baselines) or baselines= (to reuse them)")
+    if len(dev) == 0 or (train is not None and len(train) == 0):
+        raise EmptyDataError("predictivity got an empty split")
+    return dev, train
+
+
+def _meta(prompts, positions, asked, dev, train, baselines, one_vs_rest) -> dict:
     return {
+        "positions_spec": positions_spec(positions),
+        "positions_asked": asked,
+        "head_decides_at": repr(decision_positions(prompts[0].head)),
         "prompt_task": prompts[0].task,
         "seeds": [pr.seed for pr in prompts],
         "n_prompts": len(prompts),
@@ -300,18 +371,21 @@ def predictivity(
         task: the task whose template renders the inputs.
         dev: the split on which neuron accuracies are computed.
         train: the split whose mean activations are the baselines (needed unless
-            ``baselines`` is given).
+            ``baselines`` is given); its labels are not read, so a list of its texts will do.
         baselines: reuse the baselines of an earlier result (same prompts and positions),
             e.g. the clean train baseline for an adversarial dev set.
-        positions: where activations are read, a :mod:`neuronlens.capture` selector that
-            picks the same number of positions in every example. Default
-            :class:`~neuronlens.capture.PromptAndAnswer`: the soft-prompt positions (which
-            hold the answer position with ``readout="prompt"``, as in the original code),
-            plus the answer position when the head reads it elsewhere.
-            :class:`~neuronlens.capture.AnswerToken` reads only where the head decides;
-            ``Pooled(AllTokens(include_prompt=False))`` where a pooled linear head reads.
-            Positions that cannot see the input are an error.
-        one_vs_rest: for multi-class labels, the class probed against the rest.
+        positions: where activations are read, a :mod:`neuronlens.positions` selector
+            that picks the same number of positions in every example. Default: where the
+            prompts' head decides (:func:`~neuronlens.positions.decision_positions`): the
+            pooled input tokens for a pooled linear head (``readout="pool"``), the answer
+            position where a causal LM's prompt precedes the input (``"last"``), else the
+            soft-prompt positions and the answer position
+            (:class:`~neuronlens.positions.PromptAndAnswer`); with ``baselines=``, the
+            positions those were computed at. ``meta["positions"]`` says which were read,
+            ``meta["positions_asked"]`` whether they were chosen by hand. Positions that
+            cannot see the input are an error.
+        one_vs_rest: for multi-class labels, the class probed against the rest (the dev
+            labels must hold both classes, also after it).
 
     Examples:
         >>> skill = predictivity(model, prompts, task, dev, train=train)  # doctest: +SKIP
@@ -320,15 +394,11 @@ def predictivity(
     prompts = [prompts] if isinstance(prompts, PromptResult) else list(prompts)
     if not prompts:
         raise NeuronLensError("predictivity needs at least one tuned prompt")
-    if baselines is None and train is None:
-        raise NeuronLensError("give train= (to compute baselines) or baselines= (to reuse them)")
-    if len(dev) == 0 or (train is not None and len(train) == 0):
-        raise EmptyDataError("predictivity got an empty split")
+    dev, train = _splits(task, dev, train, baselines)
     if sites is None and model.kind is ModelKind.ENCODER_DECODER:
         sites = [s for s in model.sites if s.stack == "encoder_blocks"]
     chosen = model.select_sites(sites)
-    positions = positions or PromptAndAnswer()
-    checks.instance("positions", positions, Positions, "a Positions object, e.g. AnswerToken()")
+    positions, asked = _positions(positions, prompts, baselines)
     n_classes = getattr(task, "num_labels", None)
     x = _Inputs(task, dev, train, baselines, chosen, positions, _labels(dev, one_vs_rest, n_classes),
                 batch_size, max_length, progress)  # fmt: skip
@@ -347,7 +417,7 @@ def predictivity(
             "the map ranks nothing (check the positions, the prompt and the labels)"
         )
     same_n = len({p[2][chosen[0].name].shape for p in per_prompt}) == 1
-    meta = _meta(prompts, positions, dev, train, baselines, one_vs_rest)
+    meta = _meta(prompts, positions, asked, dev, train, baselines, one_vs_rest)
     task_name = getattr(dev, "task", getattr(task, "name", None))
     extra = {"accuracy": mean(1), **{f"baseline_{k}": p[3] for k, p in enumerate(per_prompt)}}
     return NeuronScores(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 import neuronlens.checks as checks
-from neuronlens.errors import NeuronLensError, ShapeMismatchError
+from neuronlens.errors import NeuronLensError, NonFiniteActivationError, ShapeMismatchError
 from neuronlens.interventions import as_interventions, intervene
 from neuronlens.io import load_result, save_result
 from neuronlens.models.model import NeuronModel
@@ -144,7 +144,10 @@ class PromptResult:
                 "prompt only means something where it was trained to be read: load it without "
                 "readout= or tune one for that readout"
             )
+        if "prompt" in tensors:
+            _check_prompt_shape(path, tensors["prompt"], model)
         if meta["head"] == "linear":
+            _check_head_shape(path, tensors, len(meta["label_names"]), model)
             head: Head = LinearHead(
                 model.d_model, len(meta["label_names"]), meta.get("pool") or "input", saved
             )
@@ -157,7 +160,7 @@ class PromptResult:
         prompt = (Prefix(tensors["prefix"]) if "prefix" in tensors else tensors["prompt"]).to(
             model.device, model.dtype
         )
-        return cls(
+        result = cls(
             prompt=prompt,
             head=head.to(model.device),
             task=meta["task"],
@@ -170,6 +173,47 @@ class PromptResult:
             history=meta["history"],
             train_size=meta.get("train_size", 0),
             method=meta.get("method", "prompt"),
+        )
+        _check_finite(result.prompt, result.head, str(path))
+        return result
+
+
+def _check_finite(prompt: Tensor | Prefix | None, head: Head, where: str) -> None:
+    """Refuse a prompt (or prefix) or head holding NaN or inf: its logits would be NaN, and
+    their argmax a plausible-looking accuracy."""
+    hint = (
+        "its logits would be NaN: it comes from a diverged training run (tune it again with a "
+        "lower lr) or was edited by hand"
+    )
+    if prompt is not None:
+        prefix = isinstance(prompt, Prefix)
+        values, kind = (prompt.kv, "prefix") if prefix else (prompt, "soft prompt")
+        checks.finite_tensor(f"{where}: the {kind}", values.detach(), hint=hint)
+    for name, param in head.named_parameters():
+        checks.finite_tensor(f"{where}: the head's {name}", param.detach(), hint=hint)
+
+
+def _check_prompt_shape(path, prompt: Tensor, model: NeuronModel) -> None:
+    if prompt.dim() != 2 or prompt.shape[1] != model.d_model:
+        raise ShapeMismatchError(
+            f"{path}: the saved soft prompt is {list(prompt.shape)}, but {model.name} needs "
+            f"[n_tokens, {model.d_model}]: the file does not match its own metadata; tune the "
+            "prompt again"
+        )
+
+
+def _check_head_shape(path, tensors: dict, n_classes: int, model: NeuronModel) -> None:
+    """The saved linear head must be ``[n_classes, d_model]`` (+ bias) for the file's classes
+    and this model."""
+    want = {"head.weight": [n_classes, model.d_model], "head.bias": [n_classes]}
+    got = {k: list(tensors[k].shape) if k in tensors else None for k in want}
+    if got != want:
+        raise ShapeMismatchError(
+            f"{path}: the saved linear head is weight {got['head.weight']}, bias "
+            f"{got['head.bias']}, but {n_classes} classes on {model.name} (d_model "
+            f"{model.d_model}) need weight {want['head.weight']}, bias {want['head.bias']}: the "
+            "head was saved for another number of classes or another model; load the file "
+            "that belongs to this prompt, or tune it again"
         )
 
 
@@ -240,6 +284,7 @@ def evaluate(
         >>> evaluate(model, tuned, dev).accuracy  # doctest: +SKIP
         >>> evaluate(model, tuned, dev, interventions=[Zero(top)])  # doctest: +SKIP
     """
+    data = checks.split("evaluate's data", data)
     task = task or get_task(data.task)
     if tuned is not None:
         if tuned.label_space != task.label_space or len(tuned.label_names) != task.num_labels:
@@ -253,12 +298,15 @@ def evaluate(
             "evaluate without a prompt needs head= (e.g. Verbalizer(model, words))"
         )
     head.check_model(model)
+    _check_finite(None if tuned is None else tuned.prompt, head, "evaluate's prompt")
     checks.integer("batch_size", batch_size, minimum=1)
     enc = encode_task(model, head, task, data, max_length=max_length)
     prompt = None if tuned is None or tuned.n_tokens == 0 else tuned.prompt
     n_prompt = sequence_positions(prompt)
-    with intervene(model, *as_interventions(interventions), n_prompt=n_prompt):
+    ivs = as_interventions(interventions)
+    with intervene(model, *ivs, n_prompt=n_prompt):
         logits = class_logits(model, head, prompt, enc, batch_size=batch_size)
+    _check_logits(logits, model, task, ivs)
     pred = logits.argmax(-1).cpu()
     gold = torch.tensor(data.labels)
     return EvalResult(
@@ -269,4 +317,26 @@ def evaluate(
         labels=gold,
         task=task.name,
         split=data.split,
+    )
+
+
+def _check_logits(logits: Tensor, model: NeuronModel, task, ivs: list) -> None:
+    """NaN logits have an argmax too (and so a plausible accuracy): refuse them, naming the
+    likely cause."""
+    bad = ~torch.isfinite(logits).all(-1)
+    if not bool(bad.any()):
+        return
+    names = ", ".join(type(iv).__name__ for iv in ivs)
+    cause = (
+        f"the interventions ({names}) are the likely cause: they write values so large "
+        "(a Noise std or scale, Replace values) that the model overflows; without them, check "
+        "the model's dtype and weights"
+        if ivs
+        else "the prompt and head are finite, so the likely cause is an intervention "
+        "active around this call (with intervene(...)), a prompt of huge values, or the "
+        "model's dtype (float16 overflow?) or weights"
+    )
+    raise NonFiniteActivationError(
+        f"{int(bad.sum())} of {len(bad)} examples of task {task.name!r} give NaN or infinite "
+        f"class logits in {model.name} (first: example {int(bad.nonzero()[0])}): {cause}"
     )

@@ -87,6 +87,7 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         """Reject settings that would divide by zero, train nothing or climb the loss."""
+        _check_types(self)
         _check_counts(self)
         for name in ("lr", "head_lr", "weight_decay"):
             value = getattr(self, name)
@@ -116,6 +117,39 @@ class TrainingSettings:
         return replace(settings or cls(), **overrides)
 
 
+#: the numeric settings: name -> (an integer?, may be None?)
+_NUMERIC = {
+    "epochs": (False, False),
+    "max_steps": (True, True),
+    "batch_size": (True, False),
+    "lr": (False, True),
+    "head_lr": (False, False),
+    "weight_decay": (False, False),
+    "warmup_steps": (True, False),
+    "ema_decay": (False, True),
+    "eval_every": (True, True),
+    "patience": (True, False),
+    "min_steps": (True, False),
+    "max_length": (True, True),
+    "val_limit": (True, True),
+    "converge_window": (True, True),
+    "converge_tol": (False, False),
+}
+
+
+def _check_types(s: TrainingSettings) -> None:
+    """Every numeric setting a number of its kind, and finite (``epochs = inf`` would
+    overflow the step count, ``lr = inf`` train to NaN); an error names the field."""
+    for name, (integer, optional) in _NUMERIC.items():
+        value = getattr(s, name)
+        if value is None and optional:
+            continue
+        if integer:
+            checks.integer(name, value)
+        else:
+            checks.number(name, value, finite=True)
+
+
 def _check_counts(s: TrainingSettings) -> None:
     if s.batch_size < 1:
         raise NeuronLensError(f"batch_size must be >= 1, got {s.batch_size}")
@@ -143,6 +177,10 @@ def _check_counts(s: TrainingSettings) -> None:
         raise NeuronLensError(f"converge_tol must be within [0, 1), got {s.converge_tol!r}")
     if s.warmup_steps < 0:
         raise NeuronLensError(f"warmup_steps must be >= 0, got {s.warmup_steps}")
+    for name in ("max_length", "val_limit"):
+        value = getattr(s, name)
+        if value is not None and value < 1:
+            raise NeuronLensError(f"{name} must be >= 1 (or None: no limit), got {value}")
 
 
 def training_splits(task, train, validation, data_dir, val_limit):
@@ -151,6 +189,10 @@ def training_splits(task, train, validation, data_dir, val_limit):
     ``validation is False`` or the task has none)."""
     if isinstance(task, str):
         task = get_task(task)
+    if train is not None:
+        train = checks.split("train", train)
+    if validation is not None and validation is not False:
+        validation = checks.split("validation (or False: no validation)", validation)
     train = train if train is not None else task.load("train", data_dir=data_dir)
     if validation is False:  # explicitly none: fixed number of steps, no early stopping
         validation = None

@@ -3,10 +3,23 @@
 A plain HF config cannot describe a pruned model (each layer may have another FFN width), so
 :func:`load_pruned` builds the model from its config, resizes every FFN to the saved widths,
 then loads the weights strictly (only tied weights may be absent).
+
+An encoder without a trained LM head (``has_lm_head`` False: all-MiniLM-L6-v2) is saved as
+its base model (``BertModel``, ``RobertaModel``, ...), as such checkpoints ship: its head
+holds random weights, which would take room (MiniLM's decoder bias and transform, or a whole
+untied decoder) and mean nothing.
+:func:`load_pruned` gives it back the head ``load_model`` gives such a checkpoint, drawn
+from a fixed seed (:func:`~neuronlens.models.loading.draw_head`), so even its full-forward
+logits are the saved model's; no verbalizer reads it (``kind=ModelKind.ENCODER``).
+
+``pruning.json`` lists every other file of the folder with its size and SHA-256;
+:func:`load_pruned` checks them all before it reads any, so a missing tokenizer or a
+truncated or swapped file is an error, never a model that loads and answers wrongly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,10 +30,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from neuronlens.errors import DataFileNotFoundError, NeuronLensError, ShapeMismatchError
-from neuronlens.io import atomic_dir, library_versions
-from neuronlens.models.families import family_for_architecture
-from neuronlens.models.loading import load_model, quiet_transformers
+from neuronlens.errors import (
+    DataError,
+    DataFileNotFoundError,
+    NeuronLensError,
+    ShapeMismatchError,
+)
+from neuronlens.io import atomic_dir, json_text, library_versions
+from neuronlens.models.families import Family, family_for_architecture
+from neuronlens.models.loading import draw_head, load_model, quiet_transformers
 from neuronlens.models.model import NeuronModel, config_head_dim
 from neuronlens.pruning.prune import PruningRecord
 from neuronlens.pruning.surgery import (
@@ -37,16 +55,34 @@ from neuronlens.pruning.surgery import (
 RECORD_FILE = "pruning.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "neuronlens-pruned-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``pruning.json`` lists every file (name, bytes, SHA-256); a headless encoder is saved as
+its base model. Version 1 folders (no file list) still load, checked for a tokenizer."""
+READ_VERSIONS = (1, 2)
+TOKENIZER_VOCABS = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
+"""A tokenizer's vocabulary files, one of which a folder needs: without it transformers
+builds a tokenizer of its few special tokens, which reads every word as unknown."""
+LOADED_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin", ".jinja")
+"""Files transformers may read from a model folder: one save_pruned did not write is refused."""
+RESAVE = "prune the model again and save it with save_pruned, or restore the folder's files"
 
 
 def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
     """Write a pruned model to a directory: HF ``config.json`` + ``model.safetensors``, the
-    tokenizer, and ``pruning.json`` (the record and every site's width).
+    tokenizer, and ``pruning.json`` (the record, every site's width, and every other file's
+    name, size and SHA-256).
 
-    An unpruned model can be saved too (its record then keeps every neuron). Returns the
-    directory. Load it back with :func:`load_pruned` (a plain ``load_model(path)`` cannot,
-    as FFN widths differ between layers).
+    A model without a trained LM head (``model.has_lm_head`` False) is saved as its base
+    model, without the head. An unpruned model can be saved too (its record then keeps
+    every neuron). Returns the directory. Load it back with :func:`load_pruned` (a plain
+    ``load_model(path)`` cannot, as FFN widths differ between layers).
     """
 
     out = Path(path)
@@ -61,7 +97,8 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
             source_model=model.name,
         )
     hf = plain_hf_model(model)
-    hf.config.architectures = [type(hf).__name__]
+    weights = hf if model.has_lm_head else _base_model(hf, model.family)
+    weights.config.architectures = [type(weights).__name__]
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -77,10 +114,35 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
     }
     with atomic_dir(out) as tmp:  # a killed save leaves the old directory, or the new one
         with quiet_transformers():
-            hf.save_pretrained(str(tmp), safe_serialization=True)
+            weights.save_pretrained(str(tmp), safe_serialization=True)
         model.tokenizer.save_pretrained(str(tmp))
-        (tmp / RECORD_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        meta["files"] = _file_rows(tmp)
+        (tmp / RECORD_FILE).write_text(json_text(meta, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _base_model(hf: nn.Module, family: Family) -> nn.Module:
+    """The model without its LM head, where the family table names its base class (the head
+    is then left out of the saved files); else the whole model (T5's base is itself)."""
+    base = hf.base_model
+    return base if base is not hf and type(base).__name__ in family.base_models else hf
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_rows(root: Path) -> list[dict]:
+    """``{"name", "bytes", "sha256"}`` of every file under ``root`` but the record."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != RECORD_FILE)
+    return [
+        {"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in files
+    ]
 
 
 def load_pruned(
@@ -91,8 +153,15 @@ def load_pruned(
 ) -> NeuronModel:
     """Load a model written by :func:`save_pruned` (with its ``pruning`` record).
 
+    Every file ``pruning.json`` lists is checked (present, same size, same SHA-256) before
+    any is read. A headless encoder, saved as its base model, gets the LM head that
+    :func:`~neuronlens.models.loading.draw_head` draws from a fixed seed, as ``load_model``
+    gives a checkpoint without one: nothing reads it (``kind=ModelKind.ENCODER``).
+
     Raises:
         DataFileNotFoundError: the directory or one of its files is missing.
+        DataError: a file differs from the one save_pruned wrote, or the folder holds a
+            model file it did not write.
         NeuronLensError: ``pruning.json`` is not a valid record of this format.
         ShapeMismatchError: the weights do not match the record's widths.
     """
@@ -102,11 +171,12 @@ def load_pruned(
     hf = _empty_model(root, config, widths, dtype)
     _resize_heads(root, hf, config, heads)
     _resize_gathers(root, hf, config, gathers)
+    target = _weights_target(root, hf, config, has_lm_head)
     try:
         state = load_file(str(root / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:
-        raise NeuronLensError(f"{root / WEIGHTS_FILE} cannot be read: {e}") from e
-    _load_state(hf, state, root)
+        raise NeuronLensError(f"{root / WEIGHTS_FILE} cannot be read: {e}; {RESAVE}") from e
+    _load_state(target, state, root)
     hf.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(root))
     with torch.no_grad():
@@ -123,25 +193,42 @@ def load_pruned(
 
 def _read_record(root: Path, name: str | None):
     """``(record, widths, heads, gathers, dtype, has_lm_head, name)`` from a saved model's
-    ``pruning.json``,
-    every file checked present and the record checked whole."""
+    ``pruning.json``, every file checked present and unchanged and the record checked whole."""
     if not root.is_dir():
         raise DataFileNotFoundError(f"no saved pruned model at {root} (not a directory)")
-    for fname in (RECORD_FILE, "config.json", WEIGHTS_FILE):
-        if not (root / fname).is_file():
-            raise DataFileNotFoundError(
-                f"{root} is not a saved pruned model: {fname} is missing (write one with save_pruned)"
-            )
+    if not (root / RECORD_FILE).is_file():
+        raise DataFileNotFoundError(
+            f"{root} is not a saved pruned model: {RECORD_FILE} is missing (write one with "
+            "save_pruned)"
+        )
     try:
         meta = json.loads((root / RECORD_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NeuronLensError(f"{root / RECORD_FILE} is not valid JSON: {e}") from e
+        raise NeuronLensError(
+            f"{root / RECORD_FILE} is not valid JSON ({e}); the folder cannot be checked or "
+            f"loaded: {RESAVE}"
+        ) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise NeuronLensError(f"{root / RECORD_FILE} was not written by neuronlens.save_pruned")
-    if meta.get("format_version") != FORMAT_VERSION:
+        raise NeuronLensError(
+            f"{root / RECORD_FILE} was not written by neuronlens.save_pruned: {RESAVE}"
+        )
+    if meta.get("format_version") not in READ_VERSIONS:
         raise NeuronLensError(
             f"{root / RECORD_FILE} has format version {meta.get('format_version')!r}; this "
-            f"neuronlens reads version {FORMAT_VERSION}"
+            f"neuronlens reads versions {list(READ_VERSIONS)} (written by a newer neuronlens? "
+            f"update it; else {RESAVE})"
+        )
+    if meta["format_version"] >= 2:
+        _check_files(root, meta.get("files"))
+    for fname in ("config.json", WEIGHTS_FILE):  # a version-1 folder lists no files
+        if not (root / fname).is_file():
+            raise DataFileNotFoundError(
+                f"{root} is not a saved pruned model: {fname} is missing ({RESAVE})"
+            )
+    if not any((root / fname).is_file() for fname in TOKENIZER_VOCABS):
+        raise DataFileNotFoundError(
+            f"{root} has no tokenizer vocabulary (none of {list(TOKENIZER_VOCABS)}): the "
+            f"tokenizer would read every word as unknown; {RESAVE}"
         )
     try:
         record = PruningRecord.from_dict(meta["record"])
@@ -170,6 +257,68 @@ def _read_record(root: Path, name: str | None):
             f"saved site widths {saved}"
         )
     return record, widths, heads, gathers, dtype, has_lm_head, label
+
+
+def _check_files(root: Path, rows) -> None:
+    """Every file ``pruning.json`` lists is there, with its size and SHA-256, and no model or
+    tokenizer file that save_pruned did not write sits beside them."""
+    where = root / RECORD_FILE
+    try:
+        files = {str(r["name"]): (int(r["bytes"]), str(r["sha256"])) for r in rows}
+    except (KeyError, TypeError, ValueError) as e:
+        raise NeuronLensError(
+            f"{where}: its list of files is missing or corrupted ({e!r}); {RESAVE}"
+        ) from e
+    for fname, (size, digest) in files.items():
+        path = root / fname
+        if not path.is_file():
+            raise DataFileNotFoundError(
+                f"{path} is missing: save_pruned wrote it and the model cannot load without "
+                f"it; {RESAVE}"
+            )
+        got = path.stat().st_size
+        if got != size or _sha256(path) != digest:
+            how = f"{got} bytes, saved with {size}" if got != size else "its SHA-256 differs"
+            raise DataError(
+                f"{path} is not the file save_pruned wrote ({how}): it was changed, truncated "
+                f"or replaced since; {RESAVE}"
+            )
+    extra = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix in LOADED_SUFFIXES
+        and p.name != RECORD_FILE
+        and not p.name.startswith(".")
+        and p.relative_to(root).as_posix() not in files
+    )
+    if extra:
+        raise DataError(
+            f"{root} holds {extra}, which save_pruned did not write and transformers may read "
+            "with the model: remove them, or save the model again with save_pruned"
+        )
+
+
+def _weights_target(root: Path, hf: nn.Module, config, has_lm_head: bool) -> nn.Module:
+    """The module the saved weights load into: the whole model, or, when the folder holds a
+    base model (a headless encoder), its base model, the head drawn by
+    :func:`~neuronlens.models.loading.draw_head`."""
+    saved = config.architectures[0]
+    if type(hf).__name__ == saved:
+        return hf
+    base = hf.base_model
+    if type(base).__name__ != saved:
+        raise ShapeMismatchError(
+            f"{root / 'config.json'} names {saved}, which is neither {type(hf).__name__} nor "
+            f"its base model {type(base).__name__}"
+        )
+    if has_lm_head:
+        raise ShapeMismatchError(
+            f"{root}: the weights are a {saved} without an LM head, but {RECORD_FILE} says "
+            f"the model has one; {RESAVE}"
+        )
+    draw_head(hf)
+    return base
 
 
 def _head_rows(model: NeuronModel, hf: nn.Module) -> list[list]:
@@ -246,6 +395,7 @@ def _empty_model(root: Path, config, widths: dict[str, int], dtype) -> nn.Module
     by_stack = {st.bridge_name: st for st in stacks}
     with no_init(), quiet_transformers():
         hf = getattr(transformers, cls_name)(config)
+    hf.tie_weights()  # the config's tied weights are saved once (no_init skips the tying)
     hf.to(dtype)
     for site_name, width in widths.items():
         stack_name, _, layer = site_name.rpartition(".")
@@ -292,4 +442,11 @@ def _load_state(hf: nn.Module, state: dict[str, Tensor], root: Path) -> None:
     ]
     if missing:
         raise ShapeMismatchError(f"{root / WEIGHTS_FILE} lacks weights: {missing[:5]}")
+    for keys in groups.values():  # saved twice: the model ties them, so they must agree
+        saved = [state[k] for k in keys if k in state]
+        if any(not torch.equal(saved[0], t) for t in saved[1:]):
+            raise ShapeMismatchError(
+                f"{root / WEIGHTS_FILE} holds different values for {keys}, which the model "
+                "built from the config ties into one tensor"
+            )
     hf.load_state_dict(state, strict=False)

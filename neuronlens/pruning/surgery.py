@@ -38,6 +38,7 @@ def plain_hf_model(model: NeuronModel) -> transformers.PreTrainedModel:
     config = copy.deepcopy(src.config)
     with no_init(), quiet_transformers():
         fresh = type(src)(config)
+    share_like(fresh, src)
     stacks = {st.bridge_name: st for st in model.stacks}
     for site in model.sites:
         resize_site(fresh, stacks[site.stack], site.layer, site.width)
@@ -68,6 +69,25 @@ def plain_hf_model(model: NeuronModel) -> transformers.PreTrainedModel:
     fresh.eval()
     fresh.requires_grad_(False)
     return fresh
+
+
+def share_like(fresh: nn.Module, src: nn.Module) -> None:
+    """Make ``fresh`` share a parameter between the names where ``src`` shares one.
+
+    Tied weights (an LM head that is the input embedding, T5's one embedding for encoder,
+    decoder and head) are tied by transformers after init, which :func:`no_init` skips: a
+    model built under it holds untied copies, which a pruned model would carry and a saved
+    one would store twice.
+    """
+    first: dict[int, nn.Parameter] = {}  # source parameter -> fresh parameter
+    for name, param in list(fresh.named_parameters(remove_duplicate=False)):
+        owner_path, _, attr = name.rpartition(".")
+        source = getattr(walk_modules(src, owner_path) if owner_path else src, attr)
+        if id(source) in first:
+            owner = walk_modules(fresh, owner_path) if owner_path else fresh
+            setattr(owner, attr, first[id(source)])
+        else:
+            first[id(source)] = param
 
 
 def named_tensors(module: nn.Module):

@@ -5,7 +5,9 @@
 * :mod:`~neuronlens.study.multitask` - the robustness paper's whole study over several tasks
   and models (``MultiTaskConfig``, :func:`run_multitask_study`);
 * :mod:`~neuronlens.study.steps` - the machinery: steps, the keys of what made each result,
-  resume, atomic saves;
+  resume;
+* :mod:`~neuronlens.study.records` - a folder you can trust: each step's record (key, file
+  hashes), the schemas of what is read back, the lock, temporary files;
 * :mod:`~neuronlens.study.config` - the configs, checked when built;
 * :mod:`~neuronlens.study.report` - the HTML report;
 * :mod:`~neuronlens.study.tables` - a multi-task study's tables in Markdown, beside the

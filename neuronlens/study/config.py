@@ -28,14 +28,14 @@ class ConfigError(NeuronLensError, ValueError):
 
 
 _TYPES = {
-    "model": str,
+    "model": (str, type(None)),
     "task": str,
     "models": list,
     "tasks": list,
     "data_dir": (str, type(None)),
     "train_size": int,
     "validation": str,
-    "eval_split": str,
+    "eval_split": (str, type(None)),
     "eval_size": int,
     "n_tokens": int,
     "readout": str,
@@ -147,13 +147,15 @@ class StudyConfig(_Settings):
 
     model: str
     task: str
-    eval_split: str = "dev"
+    eval_split: str | None = None  # None: the task's own (Task.eval_split: SST-2 dev, ...)
     prune_keep: float = 0.5
     retrain_steps: int = 30
 
     def __post_init__(self) -> None:
         """Every field's type and range, also for a config built directly (not from TOML)."""
         _check_fields(self)
+        if not isinstance(self.model, str):
+            raise ConfigError("config field 'model' must name a model, e.g. \"minilm\"")
         if not 0 < self.prune_keep <= 1:
             raise ConfigError(f"config field 'prune_keep' must be in (0, 1], got {self.prune_keep}")
 
@@ -186,7 +188,8 @@ DEMO = StudyConfig(
 class TaskSpec:
     """One task of a multi-task study.
 
-    ``eval_split``: where accuracy, predictivity and suppression are measured;
+    ``eval_split``: where accuracy, predictivity and suppression are measured (``None``:
+    the task's own evaluation split, :attr:`~neuronlens.tasks.Task.eval_split`);
     ``adversarial``: a task scored with this task's prompts and clean train baselines (e.g.
     ``"adv_sst2"``); ``train_split``: where prompts are trained and baselines taken; equal to
     ``eval_split`` (a task with one local split, such as QNLI's dev), the split is divided
@@ -194,26 +197,29 @@ class TaskSpec:
     """
 
     name: str
-    eval_split: str = "dev"
+    eval_split: str | None = None
     adversarial: str | None = None
     train_split: str = "train"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, str) and not (f.name == "adversarial" and value is None):
+            optional = f.name in ("adversarial", "eval_split")
+            if not isinstance(value, str) and not (optional and value is None):
                 raise ConfigError(f"task field {f.name!r} has {value!r}; expected a string")
 
 
 @dataclass(kw_only=True)
 class MultiTaskConfig(_Settings):
     """The robustness paper's study over several tasks and models (see
-    :mod:`neuronlens.study.multitask`); fields as in :class:`StudyConfig`, plus ``models``,
-    ``tasks`` (:class:`TaskSpec` tables) and ``cross_percent`` (the neurons switched off in
-    cross suppression, per layer)."""
+    :mod:`neuronlens.study.multitask`); fields as in :class:`StudyConfig`, plus ``models``
+    (or ``model``, one name), ``tasks`` (:class:`TaskSpec` tables, or task names: each then
+    evaluated on its own evaluation split) and ``cross_percent`` (the neurons switched off
+    in cross suppression, per layer)."""
 
-    models: list[str]
     tasks: list[TaskSpec]
+    models: list[str] = field(default_factory=list)
+    model: str | None = None
     suppression_percents: list[float] = field(default_factory=lambda: [1, 3, 5, 10, 15])
     random_repeats: int = 3
     cross_percent: float = 5.0
@@ -222,6 +228,15 @@ class MultiTaskConfig(_Settings):
         if isinstance(self.tasks, list):
             self.tasks = [t if isinstance(t, TaskSpec) else _task_spec(t) for t in self.tasks]
         _check_fields(self)
+        if self.model is not None:  # one model: the common case
+            if self.models and self.models != [self.model]:
+                raise ConfigError(
+                    f"config gives both 'model' ({self.model!r}) and 'models' ({self.models}): "
+                    "give one of them"
+                )
+            self.models = [self.model]
+        if not self.models:
+            raise ConfigError("config field 'models' (or 'model') is missing: name the model(s)")
         if not self.models or not all(isinstance(m, str) for m in self.models):
             raise ConfigError("config field 'models' must be a non-empty list of model names")
         if len(set(self.models)) != len(self.models):
@@ -242,7 +257,7 @@ class MultiTaskConfig(_Settings):
 
     @classmethod
     def from_dict(cls, raw: dict) -> MultiTaskConfig:
-        return _from_dict(cls, raw, ("models", "tasks"))
+        return _from_dict(cls, raw, ("tasks",))
 
 
 def _task_spec(raw) -> TaskSpec:

@@ -38,15 +38,32 @@ from neuronlens.analysis import (
     task_specificity,
     transferability,
 )
-from neuronlens.io import write_text_atomic
+from neuronlens.io import json_text, write_text_atomic
 from neuronlens.plots import sample_sd
 from neuronlens.probes import NeuronScores, predictivity
 from neuronlens.progress import tqdm
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt
 from neuronlens.study.config import MAX_VAL, ConfigError, MultiTaskConfig, TaskSpec
+from neuronlens.study.records import (
+    NUMBER,
+    MapOf,
+    Opt,
+    check_out,
+    finish_part,
+    part_done,
+    read_json,
+    study_folder,
+)
 from neuronlens.study.report import check_images, check_plotly_js, steps_rows, write_page
-from neuronlens.study.single import load_study_model, study_data, study_positions
-from neuronlens.study.steps import Step, data_id, digest, model_id, remove_stale, run_steps
+from neuronlens.study.single import (
+    SUPPRESSION_SCHEMA,
+    load_scores,
+    load_study_model,
+    sized,
+    study_data,
+    study_positions,
+)
+from neuronlens.study.steps import Step, data_id, digest, model_id, run_steps
 from neuronlens.study.tables import multitask_markdown
 from neuronlens.tasks import get_task
 
@@ -67,9 +84,11 @@ class TaskSplits:
         return self.train, self.val, self.evald, self.adv
 
 
-def task_splits(cfg: MultiTaskConfig, spec: TaskSpec) -> TaskSplits:
-    """A task's splits. When ``train_split == eval_split`` the split is divided: eval
-    examples first, then validation, the rest for training, none in two parts."""
+def task_splits(cfg: MultiTaskConfig, spec: TaskSpec, log=print) -> TaskSplits:
+    """A task's splits (its eval split: the spec's, else the task's own). When
+    ``train_split == eval_split`` the split is divided: eval examples first, then
+    validation, the rest for training, none in two parts; a size larger than the data is
+    logged and the number used reported."""
     try:
         task = get_task(spec.name)
         adv_task = None if spec.adversarial is None else get_task(spec.adversarial)
@@ -80,20 +99,27 @@ def task_splits(cfg: MultiTaskConfig, spec: TaskSpec) -> TaskSplits:
             f"config task {spec.name!r}: its adversarial set {spec.adversarial!r} has label "
             f"space {adv_task.label_space!r}, not {task.label_space!r}"
         )
-    if spec.train_split == spec.eval_split:
-        full = task.load(spec.eval_split, data_dir=cfg.data_dir)
+    eval_split = spec.eval_split or task.eval_split
+    if spec.train_split == eval_split:
+        full = task.load(eval_split, data_dir=cfg.data_dir)
+        if cfg.eval_size > len(full) // 2:
+            log(f"eval_size = {cfg.eval_size}, but {spec.name} {eval_split} is divided into "
+                f"train and eval parts: using {len(full) // 2} eval examples")  # fmt: skip
         rest, evald = full.split_off(min(cfg.eval_size, len(full) // 2), seed=1)
         rest, val = rest.split_off(min(MAX_VAL, len(rest) // 4), seed=2)
-        train = rest.subset(cfg.train_size, seed=0)
-        how = {"divided": spec.eval_split, "validation": "split off the same split"}
+        train = sized(rest, cfg.train_size, "train_size", log)
+        how = {"divided": eval_split, "validation": "split off the same split"}
     else:
-        train, val, val_from = study_data(cfg, task, spec.eval_split)
-        evald = task.load(spec.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
+        train, val, val_from = study_data(cfg, task, eval_split, log=log)
+        evald = sized(task.load(eval_split, data_dir=cfg.data_dir), cfg.eval_size, "eval_size",
+                      log, seed=1)  # fmt: skip
         how = {"divided": None, "validation": val_from}
+    how["eval_split"] = eval_split
     adv = None
     if adv_task is not None:
         adv = adv_task.load("dev", data_dir=cfg.data_dir)
-    how.update(n_train=len(train), n_val=len(val) if val else 0, n_eval=len(evald))
+    how.update(n_train=len(train), n_val=len(val) if val else 0, n_eval=len(evald),
+               train_size=cfg.train_size, eval_size=cfg.eval_size)  # fmt: skip
     return TaskSplits(spec, task, train, val, evald, adv, how)
 
 
@@ -116,59 +142,62 @@ _TUNE = _DATA + ("n_tokens", "readout", "seeds", "epochs", "lr", "head_lr", "bat
 
 
 def _prompt_steps(name: str) -> Step:
-    def path(run, seed):
-        return run.out / "prompts" / name / f"seed{seed}"
+    def stem(seed):
+        return f"prompts/{name}/seed{seed}"
+
+    def files(run):
+        return [f"{stem(s)}.{ext}" for s in run.cfg.seeds for ext in ("safetensors", "json")]
 
     def load(run):
-        paths = [path(run, s) for s in run.cfg.seeds]
-        if not all(p.with_suffix(".safetensors").is_file() for p in paths):
-            return None
-        return [PromptResult.load(p, run.model) for p in paths]
+        return [PromptResult.load(run.out / stem(s), run.model) for s in run.cfg.seeds]
 
     def compute(run):
         """Tune each seed's prompt; a seed finished by an interrupted run with the same key
-        (every input but the list of seeds) is loaded instead."""
+        (every input but the list of seeds) and unchanged files is loaded instead."""
         ts = run.tasks[name]
         key = dict(run.step_key, config={k: v for k, v in run.step_key["config"].items()
                                          if k != "seeds"})  # fmt: skip
         prompts = []
         for seed in run.cfg.seeds:
-            done = path(run, seed).with_suffix(".key.json")
-            if done.is_file() and done.read_text() == digest(key):
-                prompts.append(PromptResult.load(path(run, seed), run.model))
+            done = run.out / f"{stem(seed)}.key.json"
+            mine = [f"{stem(seed)}.safetensors", f"{stem(seed)}.json"]
+            if part_done(run.out, done, digest(key)):
+                prompts.append(PromptResult.load(run.out / stem(seed), run.model))
                 run.log(f"[prompts/{name}] seed {seed}: reused (finished earlier, same inputs)")
                 continue
+            if done.exists():
+                done.unlink()  # this seed is being written again
             tuned = tune_prompt(
                 run.model, ts.task, train=ts.train, validation=ts.val, readout=run.cfg.readout,
                 n_tokens=run.cfg.n_tokens, settings=run.cfg.training(), seed=seed,
             )  # fmt: skip
-            tuned.save(path(run, seed))
-            write_text_atomic(done, digest(key))  # after the prompt's files
+            tuned.save(run.out / stem(seed))
+            finish_part(run.out, done, digest(key), mine)  # after the prompt's files
             prompts.append(tuned)
         return prompts
 
-    return Step(f"prompts/{name}", (), _TUNE, load, compute, lambda run, v: {}, {"task": name})
+    return Step(f"prompts/{name}", (), _TUNE, files, load, compute, lambda run, v: {},
+                {"task": name})  # fmt: skip
 
 
-def _json_step(name, uses, inputs, compute, load_as=None, extra=None) -> Step:
-    """A step whose result is saved as ``{name}.json`` (``load_as`` rebuilds an object)."""
-
-    def path(run):
-        return run.out / f"{name.replace('/', '--')}.json"
+def _json_step(name, uses, inputs, compute, schema, load_as=None, extra=None) -> Step:
+    """A step whose result is saved as ``{name}.json`` (checked against ``schema`` when read
+    back; ``load_as`` rebuilds an object)."""
+    rel = f"{name.replace('/', '--')}.json"
 
     def load(run):
-        if not path(run).is_file():
-            return None
-        raw = json.loads(path(run).read_text())
+        raw = read_json(run.out / rel, schema)
         return load_as(raw) if load_as else raw
 
     def run_compute(run):
         value = compute(run)
-        raw = _jsonable(value)
-        write_text_atomic(path(run), json.dumps(raw, indent=2, default=float))
+        text = json_text(_jsonable(value), indent=2)
+        write_text_atomic(run.out / rel, text)
+        raw = json.loads(text)  # as a later run reads it back
         return load_as(raw) if load_as else raw
 
-    return Step(name, uses, inputs, load, run_compute, lambda run, v: {}, extra or {})
+    return Step(name, uses, inputs, lambda run: [rel], load, run_compute, lambda run, v: {},
+                extra or {})  # fmt: skip
 
 
 def _jsonable(value):
@@ -200,35 +229,34 @@ def _accuracy(run) -> dict:
 
 
 def _predictivity_step(name: str) -> Step:
-    def path(run):
-        return run.out / "scores" / name
+    def stems(run):
+        return [f"scores/{name}"] + (
+            [f"scores/{name}-adv"] if run.tasks[name].adv is not None else []
+        )
+
+    def files(run):
+        return [f"{st}.{ext}" for st in stems(run) for ext in ("safetensors", "json")]
 
     def load(run):
-        if not Path(f"{path(run)}-adv.safetensors").is_file() and run.tasks[name].adv is not None:
-            return None
-        if not path(run).with_suffix(".safetensors").is_file():
-            return None
-        adv = None
-        if run.tasks[name].adv is not None:
-            adv = NeuronScores.load(f"{path(run)}-adv", run.model)
-        return NeuronScores.load(path(run), run.model), adv
+        clean, *adv = [load_scores(run.out / st, run.model, "predictivity") for st in stems(run)]
+        return clean, (adv[0] if adv else None)
 
     def compute(run):
         ts, prompts = run.tasks[name], run.results[f"prompts/{name}"]
-        positions = study_positions(run.cfg, run.model, prompts[0].head)
+        positions = study_positions(run.cfg)
         binary = None if ts.task.num_labels == 2 else 0
         clean = predictivity(run.model, prompts, ts.task, ts.evald, train=ts.train,
                              positions=positions, one_vs_rest=binary)  # fmt: skip
         adv = None
-        if ts.adv is not None:
+        if ts.adv is not None:  # the clean baselines, at the positions they were read
             adv = predictivity(run.model, prompts, ts.task, ts.adv, baselines=clean,
                                positions=positions, one_vs_rest=binary)  # fmt: skip
-            adv.save(f"{path(run)}-adv")
-        clean.save(path(run))
+            adv.save(run.out / f"scores/{name}-adv")
+        clean.save(run.out / f"scores/{name}")
         return clean, adv
 
-    return Step(f"predictivity/{name}", (f"prompts/{name}",), _DATA + ("positions",), load,
-                compute, lambda run, v: {}, {"task": name})  # fmt: skip
+    return Step(f"predictivity/{name}", (f"prompts/{name}",), _DATA + ("positions",), files,
+                load, compute, lambda run, v: {}, {"task": name})  # fmt: skip
 
 
 def _transfer(run) -> dict:
@@ -295,7 +323,7 @@ def _suppression_step(name: str) -> Step:
 
     inputs = _DATA + ("suppression_percents", "random_repeats", "per_layer", "ablation")
     uses = (f"prompts/{name}", f"predictivity/{name}")
-    return _json_step(f"suppression/{name}", uses, inputs, compute,
+    return _json_step(f"suppression/{name}", uses, inputs, compute, SUPPRESSION_SCHEMA,
                       lambda raw: SuppressionCurve(**raw), {"task": name})  # fmt: skip
 
 
@@ -313,7 +341,7 @@ def _cross_step(name: str) -> Step:
 
     uses = (f"prompts/{name}", f"predictivity/{name}")
     return _json_step(f"cross/{name}", uses, _DATA + ("cross_percent", "ablation"), compute,
-                      lambda raw: CrossSuppression(**raw), {"task": name})  # fmt: skip
+                      CROSS_SCHEMA, lambda raw: CrossSuppression(**raw), {"task": name})  # fmt: skip
 
 
 def study_steps(run: MultiRun) -> list[Step]:
@@ -323,19 +351,35 @@ def study_steps(run: MultiRun) -> list[Step]:
     prompts = tuple(f"prompts/{n}" for n in names)
     preds = tuple(f"predictivity/{n}" for n in names)
     steps = [_prompt_steps(n) for n in names]
-    steps.append(_json_step("accuracy", prompts, _DATA, _accuracy, extra={"tasks": specs}))
+    steps.append(_json_step("accuracy", prompts, _DATA, _accuracy, ACCURACY_SCHEMA,
+                            extra={"tasks": specs}))  # fmt: skip
     steps += [_predictivity_step(n) for n in names]
     steps.append(_json_step("transfer", prompts + ("accuracy",), _DATA, _transfer,
-                            lambda raw: Transferability(**raw), {"tasks": specs}))  # fmt: skip
+                            TRANSFER_SCHEMA, lambda raw: Transferability(**raw),
+                            {"tasks": specs}))  # fmt: skip
     steps.append(_json_step("specificity", preds, _DATA + ("positions",), _specificity,
-                            _load_specificity, {"tasks": specs}))  # fmt: skip
+                            SPECIFICITY_SCHEMA, _load_specificity, {"tasks": specs}))  # fmt: skip
     steps += [_suppression_step(n) for n in names]
     steps += [_cross_step(n) for n in names if run.tasks[n].adv is not None]
     return steps
 
 
+# the schemas of the JSON results (checked when read back); ``None`` stands for a number
+# that was not finite (strict JSON)
+ACCURACY_SCHEMA = MapOf({"clean": Opt([NUMBER]), "adversarial": Opt([NUMBER])})
+TRANSFER_SCHEMA = {"absolute": MapOf(MapOf(Opt(NUMBER))), "relative": MapOf(MapOf(Opt(NUMBER)))}
+SPECIFICITY_SCHEMA = {
+    "names": [str],
+    "rho": [[Opt(NUMBER)]],
+    "per_layer_rho": [[[Opt(NUMBER)]]],
+    "per_layer_p": [[[Opt(NUMBER)]]],
+    "layers": [str],
+}
+CROSS_SCHEMA = {"accuracy": MapOf(MapOf(NUMBER)), "ablation": str}
+
+
 def _load_specificity(raw) -> TaskSpecificity:
-    arrays = {k: np.asarray(raw[k]) for k in ("rho", "per_layer_rho", "per_layer_p")}
+    arrays = {k: np.asarray(raw[k], dtype=float) for k in ("rho", "per_layer_rho", "per_layer_p")}
     return TaskSpecificity(raw["names"], layers=raw["layers"], **arrays)
 
 
@@ -353,10 +397,15 @@ def _model_summary(run: MultiRun) -> dict:
     for name in run.tasks:
         clean, adv = r[f"predictivity/{name}"]
         preds[name] = {"max": float(clean.flat().max()),
-                       "top1pct_per_layer_mean": _top_mean(clean)}  # fmt: skip
+                       "top1pct_per_layer_mean": _top_mean(clean),
+                       "positions": clean.meta.get("positions"),
+                       "positions_asked": clean.meta.get("positions_asked")}  # fmt: skip
         if adv is not None:
-            preds[run.tasks[name].spec.adversarial] = {"max": float(adv.flat().max()),
-                                                       "top1pct_per_layer_mean": _top_mean(adv)}  # fmt: skip
+            preds[run.tasks[name].spec.adversarial] = {
+                "max": float(adv.flat().max()), "top1pct_per_layer_mean": _top_mean(adv),
+                "positions": adv.meta.get("positions"),
+                "positions_asked": adv.meta.get("positions_asked"),
+            }  # fmt: skip
             rho[name] = clean.spearman(adv).mean
     spec = r["specificity"]
     return {
@@ -396,8 +445,12 @@ def _sections(name: str, run: MultiRun, summary: dict) -> list:
             model_acc[adv_name] = summary["accuracy"][task]["adversarial"]["mean"]
     rho_rows = [{"task": t, "spearman clean vs adversarial": v}
                 for t, v in summary["rho_clean_adversarial"].items()]  # fmt: skip
+    read = [{"dataset": d, "positions read": v.get("positions"),
+             "chosen": "by hand" if v.get("positions_asked") else "where the head decides"}
+            for d, v in summary["predictivity"].items()]  # fmt: skip
     sections = [
         (f"{name}: accuracy (mean ± sd over seeds)", acc_rows),
+        (f"{name}: where predictivity was read", read),
         (f"{name}: predictivity and neuron accuracy", distributions(scores, model_acc).figure()),
         (f"{name}: clean vs adversarial predictivity", rho_rows or "no adversarial set"),
         (f"{name}: prompt transferability", r["transfer"].figure()),
@@ -431,44 +484,51 @@ def run_multitask_study(
     slugs = [_slug(name) for name in cfg.models]
     if len(set(slugs)) != len(slugs):
         raise ConfigError(f"models {cfg.models} would share a results folder ({slugs}); rename one")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    write_text_atomic(out / "config.json", json.dumps(_jsonable(cfg), indent=2))
-    splits = {spec.name: task_splits(cfg, spec) for spec in cfg.tasks}
+    out = check_out(out)
+    # what can refuse the config runs before the folder is touched: tasks, data, first model
+    splits = {spec.name: task_splits(cfg, spec, log) for spec in cfg.tasks}
+    first = load_study_model(cfg.models[0])
     summary: dict = {
         "models": {},
         "tasks": [t.name for t in cfg.tasks],
         "adversarial": {t.name: t.adversarial for t in cfg.tasks},
     }
     sections: list = []
-    for i, name in enumerate(cfg.models, start=1):
-        log(f"model {i} of {len(cfg.models)}: {name}")
-        model = load_study_model(name)
-        if model.name in summary["models"]:
-            raise ConfigError(
-                f"models {cfg.models} name the same model {model.name!r} twice; list it once"
-            )
-        every = [split for ts in splits.values() for split in ts.splits()]
-        identity = {
-            "model": model_id(model),
-            "data": data_id(*every),
-            "data_by_task": {t: data_id(*ts.splits()) for t, ts in splits.items()},
-        }
-        run = MultiRun(cfg, out / _slug(name), model, splits, log, identity=identity)
-        steps_summary: dict = {}
-        run_steps(run, study_steps(run), steps_summary, resume=resume, log=log)
-        summary["models"][model.name] = {**_model_summary(run), "steps": steps_summary["steps"]}
-        sections += _sections(model.name, run, summary["models"][model.name])
-        sections.append((f"{model.name}: steps", steps_rows(steps_summary["steps"])))
-    sections.insert(0, ("accuracy by dataset and model", _overview(summary)))
-    title = f"neuronlens multi-task study: {', '.join(summary['models'])}"
-    write_page(out / "report.html", title, sections, plotly_js=plotly_js, images=images)
-    text = json.dumps(summary, indent=2, default=float)
-    write_text_atomic(out / "summary.json", text)
-    write_text_atomic(out / "tables.md", multitask_markdown(json.loads(text)))  # as saved
+    with study_folder(out, log):
+        write_text_atomic(out / "config.json", json_text(_jsonable(cfg), indent=2))
+        for i, name in enumerate(cfg.models, start=1):
+            log(f"model {i} of {len(cfg.models)}: {name}")
+            model = first if i == 1 else load_study_model(name)
+            if model.name in summary["models"]:
+                raise ConfigError(
+                    f"models {cfg.models} name the same model {model.name!r} twice; list it once"
+                )
+            run, steps = _run_model(cfg, out / _slug(name), model, splits, resume, log)
+            summary["models"][model.name] = {**_model_summary(run), "steps": steps}
+            sections += _sections(model.name, run, summary["models"][model.name])
+            sections.append((f"{model.name}: steps", steps_rows(steps)))
+        sections.insert(0, ("accuracy by dataset and model", _overview(summary)))
+        title = f"neuronlens multi-task study: {', '.join(summary['models'])}"
+        write_page(out / "report.html", title, sections, plotly_js=plotly_js, images=images)
+        text = json_text(summary, indent=2)
+        write_text_atomic(out / "summary.json", text)
+        write_text_atomic(out / "tables.md", multitask_markdown(json.loads(text)))  # as saved
     log(f"report: {out / 'report.html'} (tables: {out / 'tables.md'})")
     return summary
+
+
+def _run_model(cfg, out: Path, model, splits: dict, resume: bool, log) -> tuple:
+    """Run (or reuse) one model's steps: ``(run, the steps' summary)``."""
+    every = [split for ts in splits.values() for split in ts.splits()]
+    identity = {
+        "model": model_id(model),
+        "data": data_id(*every),
+        "data_by_task": {t: data_id(*ts.splits()) for t, ts in splits.items()},
+    }
+    run = MultiRun(cfg, out, model, splits, log, identity=identity)
+    steps_summary: dict = {}
+    run_steps(run, study_steps(run), steps_summary, resume=resume, log=log)
+    return run, steps_summary["steps"]
 
 
 def _overview(summary: dict) -> list[dict]:

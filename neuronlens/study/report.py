@@ -153,8 +153,23 @@ def write_report(
     """The single-task study's page: its figures, prompt accuracy, pruning, suppression and
     the steps (reused or computed)."""
     accuracy = {f"seed {k}": v for k, v in summary["prompt_accuracy"].items()}
+    pred = summary["predictivity"]
+    read = {
+        "positions read": pred.get("positions"),
+        "chosen": "by hand (config positions)" if pred.get("positions_asked") else
+                  "where the head decides (positions = auto)",
+        "the head decides at": pred.get("head_decides_at"),
+    }  # fmt: skip
+    data = {
+        "train examples": summary.get("n_train"),
+        f"eval examples ({summary.get('eval_split')})": summary.get("n_eval"),
+        "validation": f"{summary['validation']['n']} ({summary['validation']['from']})",
+        **{f"{k} (asked)": v["asked"] for k, v in summary.get("sizes", {}).items()},
+    }
     sections = [
+        ("data", data),
         *figures.items(),
+        ("predictivity", read),
         ("prompt accuracy", accuracy),
         ("pruning", summary["pruning"]),
         ("suppression", summary["suppression"]),

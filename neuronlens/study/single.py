@@ -23,7 +23,7 @@ Config (TOML; every field optional except ``model`` and ``task``)::
                                 # "none"; "auto": "sentences" for tasks whose train holds
                                 # phrases of its sentences (SST-2), else "split" when the
                                 # task has one, else "train"
-    eval_split = "dev"
+    eval_split = "dev"          # default: the task's own evaluation split (Task.eval_split)
     eval_size = 400
     n_tokens = 20
     readout = "auto"            # where the answer is read: "prompt" (at a soft-prompt position,
@@ -44,15 +44,14 @@ Config (TOML; every field optional except ``model`` and ``task``)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from neuronlens.analysis import SuppressionCurve, distributions, suppression_curve
 from neuronlens.capture import AnswerToken, Pooled, PromptAndAnswer
-from neuronlens.io import write_text_atomic
-from neuronlens.models import ModelKind
+from neuronlens.errors import NeuronLensError
+from neuronlens.io import json_text, write_text_atomic
 from neuronlens.models.assets import load_minilm, load_smollm2
 from neuronlens.models.loading import load_model
 from neuronlens.models.tiny import tiny_hf_model, tiny_tokenizer
@@ -68,8 +67,16 @@ from neuronlens.pruning import (
     save_pruned,
 )
 from neuronlens.study.config import MAX_VAL, VALIDATION, ConfigError, StudyConfig
+from neuronlens.study.records import (
+    NUMBER,
+    DamagedResultError,
+    Opt,
+    check_out,
+    read_json,
+    study_folder,
+)
 from neuronlens.study.report import check_images, check_plotly_js, write_report
-from neuronlens.study.steps import Step, data_id, model_id, remove_stale, run_steps
+from neuronlens.study.steps import Step, data_id, model_id, run_steps
 from neuronlens.tasks import get_task, sentence_disjoint_split
 from neuronlens.tasks.synthetic import toy_vocabulary
 
@@ -86,7 +93,7 @@ def load_study_model(name: str):
     return load_model(name)
 
 
-def study_data(cfg: StudyConfig, task, eval_split: str | None = None) -> tuple:
+def study_data(cfg: StudyConfig, task, eval_split: str | None = None, log=print) -> tuple:
     """``(train, validation, how)``: the training subset and the early-stopping data.
 
     ``validation`` is ``False`` for none; ``how`` says where it came from (``"split"``,
@@ -114,7 +121,8 @@ def study_data(cfg: StudyConfig, task, eval_split: str | None = None) -> tuple:
         full, val = sentence_disjoint_split(full, n_val, seed=0)
     elif how == "train" or (
         how == "split"
-        and task.splits["validation"] is task.splits.get(eval_split or cfg.eval_split)
+        and task.splits["validation"]
+        is task.splits.get(eval_split or cfg.eval_split or task.eval_split)
     ):
         full, val = full.split_off(min(n_val, len(full) // 4), seed=0)
         how = "split off train"
@@ -126,22 +134,18 @@ def study_data(cfg: StudyConfig, task, eval_split: str | None = None) -> tuple:
         raise ConfigError(
             f"config field 'validation' must be one of {list(VALIDATION)}, got {how!r}"
         )
-    return full.subset(cfg.train_size, seed=0), val, how
+    return sized(full, cfg.train_size, "train_size", log), val, how
 
 
-def study_positions(cfg: StudyConfig, model, head):
-    """The positions predictivity reads (``cfg.positions``; ``"auto"``: the soft-prompt
-    positions with the answer position, but only the answer where a causal LM's prompt
-    precedes the input, and the pooled input tokens for a pooled linear head)."""
-    how = cfg.positions
-    if how == "auto":
-        if head.readout == "pool":
-            how = "pooled"
-        elif model.kind is ModelKind.CAUSAL_LM and head.readout != "prompt":
-            how = "answer"
-        else:
-            how = "prompt"
-    return {"prompt": PromptAndAnswer(), "answer": AnswerToken(), "pooled": Pooled()}[how]
+def study_positions(cfg):
+    """The positions predictivity reads (``cfg.positions``): ``None`` for ``"auto"``, so
+    that predictivity reads where the prompt's head decides
+    (:func:`neuronlens.positions.decision_positions`, the one copy of that rule: the pooled
+    input tokens for a pooled linear head, the answer where a causal LM's prompt precedes
+    the input, else the soft-prompt positions and the answer)."""
+    if cfg.positions == "auto":
+        return None
+    return {"prompt": PromptAndAnswer(), "answer": AnswerToken(), "pooled": Pooled()}[cfg.positions]
 
 
 @dataclass
@@ -165,14 +169,23 @@ def _readout(run: StudyRun) -> str:
     return make_head(run.model, "auto", run.task, run.cfg.readout).readout
 
 
+def _pair(stem: str) -> list[str]:
+    """The two files of a saved result (:func:`neuronlens.io.save_result`)."""
+    return [f"{stem}.safetensors", f"{stem}.json"]
+
+
+def _prompt_files(run: StudyRun) -> list[str]:
+    return [f for s in run.cfg.seeds for f in _pair(f"prompts/seed{s}")]
+
+
 def _load_prompts(run: StudyRun):
-    paths = [run.out / "prompts" / f"seed{s}" for s in run.cfg.seeds]
-    if not all(p.with_suffix(".safetensors").is_file() for p in paths):
-        return None
-    prompts = [PromptResult.load(p, run.model) for p in paths]
+    prompts = [
+        PromptResult.load(run.out / "prompts" / f"seed{s}", run.model) for s in run.cfg.seeds
+    ]
     if any(p.head.readout != _readout(run) for p in prompts):
-        run.log(f"saved prompts were tuned with another readout than {_readout(run)!r}: re-tuning")
-        return None
+        raise DamagedResultError(
+            f"saved prompts were tuned for another readout than {_readout(run)!r}"
+        )
     return prompts
 
 
@@ -199,11 +212,16 @@ def _prompts_summary(run: StudyRun, prompts) -> dict:
     return {"prompt_accuracy": acc}
 
 
+def load_scores(path: Path, model, method: str) -> NeuronScores:
+    """Saved scores of ``method`` (a file holding another method's scores is refused)."""
+    scores = NeuronScores.load(path, model)
+    if scores.method != method:
+        raise DamagedResultError(f"{path} holds {scores.method} scores, not {method}")
+    return scores
+
+
 def _load_predictivity(run: StudyRun):
-    path = run.out / "predictivity"
-    return (
-        NeuronScores.load(path, run.model) if path.with_suffix(".safetensors").is_file() else None
-    )
+    return load_scores(run.out / "predictivity", run.model, "predictivity")
 
 
 def _predictivity(run: StudyRun):
@@ -214,7 +232,7 @@ def _predictivity(run: StudyRun):
         run.task,
         run.evald,
         train=run.train,
-        positions=study_positions(run.cfg, run.model, prompts[0].head),
+        positions=study_positions(run.cfg),
         one_vs_rest=None if run.task.num_labels == 2 else 0,
     )
     skill.save(run.out / "predictivity")
@@ -228,19 +246,27 @@ def _predictivity_summary(run: StudyRun, skill) -> dict:
             "top1pct_by_layer": skill.top(percent=1, per_layer=False).counts(),
             "mean_by_layer": skill.by_layer(),
             "positions": skill.meta.get("positions"),
+            "positions_asked": skill.meta.get("positions_asked"),
+            "head_decides_at": skill.meta.get("head_decides_at"),
         }
     }
 
 
+#: ``suppression.json`` (a :class:`~neuronlens.analysis.SuppressionCurve`)
+SUPPRESSION_SCHEMA = {
+    "percents": [NUMBER],
+    "top": [NUMBER],
+    "random": [[NUMBER]],
+    "counts": [int],
+    "method": str,
+    "dataset": str,
+    "per_layer": bool,
+    "ablation": str,
+}
+
+
 def _load_suppression(run: StudyRun):
-    path = run.out / "suppression.json"
-    if not path.is_file():
-        return None
-    try:
-        return SuppressionCurve(**json.loads(path.read_text()))
-    except (TypeError, ValueError):
-        run.log(f"{path} is damaged or from an older neuronlens: recomputing it")
-        return None
+    return SuppressionCurve(**read_json(run.out / "suppression.json", SUPPRESSION_SCHEMA))
 
 
 def _suppression(run: StudyRun):
@@ -257,16 +283,32 @@ def _suppression(run: StudyRun):
         ablation=cfg.ablation,
         train=run.train,
     )
-    write_text_atomic(run.out / "suppression.json", json.dumps(asdict(curve), indent=2))
+    write_text_atomic(run.out / "suppression.json", json_text(asdict(curve), indent=2))
     return curve
 
 
+#: ``pruning.json``
+PRUNING_SCHEMA = {
+    "kept_ratio": NUMBER,
+    "accuracy_before": NUMBER,
+    "accuracy_pruned_no_retrain": NUMBER,
+    "accuracy_pruned_retrained": NUMBER,
+    "speedup_measured": Opt(NUMBER),
+}
+_PRUNING_FILES = [*_pair("attribution"), "pruned", *_pair("pruned_prompt"), "pruning.json"]
+
+
 def _load_pruning(run: StudyRun):
-    path = run.out / "pruning.json"
-    if not (path.is_file() and (run.out / "pruned").is_dir()):
-        return None
-    load_pruned(run.out / "pruned")  # the saved model loads
-    return json.loads(path.read_text())
+    pruning = read_json(run.out / "pruning.json", PRUNING_SCHEMA)
+    small = load_pruned(run.out / "pruned")  # the saved model loads, with the saved ratio
+    if small.pruning.kept_ratio != pruning["kept_ratio"]:
+        raise DamagedResultError(
+            f"{run.out / 'pruned'} keeps {small.pruning.kept_ratio} of the neurons, "
+            f"pruning.json says {pruning['kept_ratio']}"
+        )
+    PromptResult.load(run.out / "pruned_prompt", small)
+    load_scores(run.out / "attribution", run.model, "attribution")
+    return pruning
 
 
 def _pruning(run: StudyRun):
@@ -290,7 +332,7 @@ def _pruning(run: StudyRun):
         "accuracy_pruned_retrained": evaluate(small, retuned, run.evald, task=run.task).accuracy,
         "speedup_measured": round(lat["full"] / lat["pruned"], 3),
     }
-    write_text_atomic(run.out / "pruning.json", json.dumps(pruning, indent=2))
+    write_text_atomic(run.out / "pruning.json", json_text(pruning, indent=2))
     return pruning
 
 
@@ -300,6 +342,7 @@ STUDY_STEPS = (
         "prompts",
         (),
         _DATA + ("n_tokens", "readout", "seeds", "epochs", "lr", "head_lr", "batch_size"),
+        _prompt_files,
         _load_prompts,
         _tune_prompts,
         _prompts_summary,
@@ -308,6 +351,7 @@ STUDY_STEPS = (
         "predictivity",
         ("prompts",),
         _DATA + ("positions",),
+        lambda run: _pair("predictivity"),
         _load_predictivity,
         _predictivity,
         _predictivity_summary,
@@ -316,6 +360,7 @@ STUDY_STEPS = (
         "suppression",
         ("prompts", "predictivity"),
         _DATA + ("suppression_percents", "random_repeats", "per_layer", "ablation"),
+        lambda run: ["suppression.json"],
         _load_suppression,
         _suppression,
         lambda run, curve: {"suppression": curve.rows()},
@@ -324,6 +369,7 @@ STUDY_STEPS = (
         "pruning",
         ("prompts",),
         _DATA + ("prune_keep", "retrain_steps", "lr", "head_lr", "batch_size"),
+        lambda run: _PRUNING_FILES,
         _load_pruning,
         _pruning,
         lambda run, p: {"pruning": p},
@@ -344,38 +390,64 @@ def run_study(
 
     Each step of :data:`STUDY_STEPS` is reused from ``out`` only when everything that made
     it is unchanged (:mod:`neuronlens.study.steps`: its config fields, the model, the data,
-    the library version, the steps it uses); otherwise it is computed again, and the log and the report
-    say which steps were reused and why the others were not. Every file is written
-    atomically, so a study killed at any moment resumes from its last finished step.
+    the library version, the steps it uses) and every file it wrote is there unchanged
+    (:mod:`neuronlens.study.records`: sizes and hashes, schemas); otherwise it is computed
+    again, and the log and the report say which steps were reused and why the others were
+    not. A study killed at any moment resumes from its last finished step. The folder is
+    locked while the study runs (a second study on it is refused); a config that cannot run
+    is refused before the folder is touched.
     ``plotly_js="cdn"``: a small report that loads Plotly's JavaScript from its CDN;
     ``images="png"`` or ``"svg"``: every figure also as a still image in ``out/figures/``
     (needs kaleido)."""
     check_plotly_js(plotly_js)
     check_images(images)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)  # what a killed run left
-    write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2))
+    out = check_out(out)
+    # everything that can refuse the config runs before the folder is touched
     model = load_study_model(cfg.model)
-    task = get_task(cfg.task)
-    train, val, val_from = study_data(cfg, task)
-    evald = task.load(cfg.eval_split, data_dir=cfg.data_dir).subset(cfg.eval_size, seed=1)
+    task = study_task(cfg.task)
+    eval_split = cfg.eval_split or task.eval_split
+    train, val, val_from = study_data(cfg, task, eval_split, log=log)
+    evald = sized(
+        task.load(eval_split, data_dir=cfg.data_dir), cfg.eval_size, "eval_size", log, seed=1
+    )
     identity = {"model": model_id(model), "data": data_id(train, val, evald)}
-    run = StudyRun(cfg, out, model, task, train, val, evald, log, identity=identity)
     summary: dict = {
         "model": model.name,
         "task": task.name,
-        "eval_split": cfg.eval_split,
+        "eval_split": eval_split,
+        "n_train": len(train),
         "n_eval": len(evald),
+        "sizes": {"train_size": {"asked": cfg.train_size, "used": len(train)},
+                  "eval_size": {"asked": cfg.eval_size, "used": len(evald)}},
         "validation": {"from": val_from, "n": len(val) if val else 0},
         "steps": {},
-    }
-    run_steps(run, list(STUDY_STEPS), summary, resume=resume, log=log)
-    figures = _figures(run, summary)
-    write_report(out / "report.html", summary, figures, plotly_js=plotly_js, images=images)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    }  # fmt: skip
+    with study_folder(out, log):
+        write_text_atomic(out / "config.json", json_text(asdict(cfg), indent=2))
+        run = StudyRun(cfg, out, model, task, train, val, evald, log, identity=identity)
+        run_steps(run, list(STUDY_STEPS), summary, resume=resume, log=log)
+        figures = _figures(run, summary)
+        write_report(out / "report.html", summary, figures, plotly_js=plotly_js, images=images)
+        write_text_atomic(out / "summary.json", json_text(summary, indent=2))
     log(f"report: {out / 'report.html'}")
     return summary
+
+
+def study_task(name: str):
+    """A registered task, or a :class:`ConfigError` that names the config's field."""
+    try:
+        return get_task(name)
+    except NeuronLensError as err:
+        raise ConfigError(f"config task {name!r}: {err}") from err
+
+
+def sized(data, n: int, field: str, log, seed: int = 0):
+    """A seeded subset of ``n`` examples; when the split has fewer, all of them, and the log
+    says how many were used (the summary reports it too)."""
+    if n > len(data):
+        log(f"{field} = {n}, but {getattr(data, 'task', 'the data')} {getattr(data, 'split', '')} "
+            f"has {len(data)} examples: using {len(data)}")  # fmt: skip
+    return data.subset(n, seed=seed)
 
 
 def _figures(run: StudyRun, summary: dict) -> dict:

@@ -2,24 +2,26 @@
 
 A study is a table of :class:`Step` s. Each saved result is reused only when its key, the
 record of everything that made it (the config fields the step reads, any further inputs such
-as a task's spec, the model's identity, the data, the library version, and the keys of the
-steps whose results it uses), equals the key of the run now; otherwise the step is computed
-again and the summary says why. The key is written after every artifact of the step, so a
-study killed before a step ends finds that step unfinished.
+as a task's spec, the model's identity, the data, the library version, and the records of
+the steps whose results it uses), equals the key of the run now, and every file the step
+wrote is there unchanged (:mod:`neuronlens.study.records`: sizes and SHA-256 hashes, schemas,
+the record removed before a step writes and written after its last file); otherwise the
+step is computed again and the summary says why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from safetensors import SafetensorError
 
 import neuronlens as nl
-from neuronlens.io import write_text_atomic
+from neuronlens.errors import NeuronLensError
+from neuronlens.study.records import changed_files, finish_record, read_record, start_record
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,16 @@ class Step:
 
     ``uses``: the steps whose results it takes (a changed one changes this step's key);
     ``inputs``: the config fields it reads; ``extra``: further inputs for its key (a task's
-    spec); ``load(run)``: its saved result, or ``None`` when there is none to reuse;
-    ``compute(run)``: compute and save it; ``summary(run, value)``: its ``summary.json``
-    entries."""
+    spec); ``files(run)``: the files and folders it writes, relative to the study folder
+    (hashed into its record, checked before a reuse); ``load(run)``: its saved result
+    (raising :class:`~neuronlens.errors.NeuronLensError` when a file does not hold what it
+    should); ``compute(run)``: compute and save it; ``summary(run, value)``: its
+    ``summary.json`` entries."""
 
     name: str
     uses: tuple[str, ...]
     inputs: tuple[str, ...]
+    files: Callable
     load: Callable
     compute: Callable
     summary: Callable
@@ -64,29 +69,29 @@ def model_id(model) -> dict:
     }
 
 
-def step_key(run, step: Step, keys: dict[str, dict]) -> dict:
-    """Everything that made a step's result (see the module docstring). A step of one task
-    of a multi-task study (``extra["task"]``) keys only that task's data
-    (``identity["data_by_task"]``), so changing another task does not redo it."""
+def step_key(run, step: Step, records: dict[str, dict]) -> dict:
+    """Everything that made a step's result (see the module docstring); the steps it uses
+    count by their records (key and file hashes). A step of one task of a multi-task study
+    (``extra["task"]``) keys only that task's data (``identity["data_by_task"]``), so
+    changing another task does not redo it."""
     data = run.identity["data"]
     by_task = run.identity.get("data_by_task") or {}
     if step.extra.get("task") in by_task:
         data = by_task[step.extra["task"]]
+    uses = {u: digest({"key": records[u]["key"], "files": records[u]["files"]}) for u in step.uses}
     return {
         "config": {f: getattr(run.cfg, f) for f in step.inputs},
         "extra": step.extra,
         "model": run.identity["model"],
         "data": data,
         "neuronlens": nl.__version__,
-        "uses": {u: digest(keys[u]) for u in step.uses},
+        "uses": uses,
     }
 
 
-def why_not(saved: dict | None, key: dict) -> str | None:
-    """``None`` when a saved result may be reused, else why not (the changed inputs)."""
-    if saved is None:
-        return "no finished result"
-    if saved == key:
+def why_not(saved: dict, key: dict) -> str | None:
+    """``None`` when a saved key equals this run's, else why not (the changed inputs)."""
+    if json.loads(json.dumps(saved, default=str)) == json.loads(json.dumps(key, default=str)):
         return None
     old = saved.get("config", {})
     changed = [f for f in key["config"] if old.get(f) != key["config"][f]]
@@ -96,48 +101,47 @@ def why_not(saved: dict | None, key: dict) -> str | None:
     return "changed: " + ", ".join(changed or ["format"])
 
 
-def _key_file(out: Path, name: str) -> Path:
-    return out / "steps" / f"{name.replace('/', '--')}.json"
+#: what a damaged saved file raises when a step loads it
+LOAD_ERRORS = (NeuronLensError, OSError, ValueError, KeyError, TypeError, SafetensorError)
+
+
+def _reuse(run, step: Step, key: dict):
+    """``(value, record, None)`` when the saved result may be reused, else
+    ``(None, None, why not)``; a damaged file is named in the log."""
+    record, why = read_record(run.out, step.name)
+    if record is None:
+        if why != "no finished result":
+            run.log(f"[{step.name}] {why}: recomputing it")
+        return None, None, why
+    why = why_not(record["key"], key)
+    if why is not None:
+        return None, None, why
+    bad = changed_files(run.out, record["files"], step.files(run))
+    if bad is not None:
+        run.log(f"[{step.name}] {bad} since the step wrote it: recomputing it")
+        return None, None, bad
+    try:
+        return step.load(run), record, None
+    except LOAD_ERRORS as err:
+        run.log(f"[{step.name}] a saved file cannot be read back ({err}): recomputing it")
+        return None, None, f"saved result unreadable: {err}"
 
 
 def run_step(run, step: Step, key: dict, resume: bool):
-    """``(value, loaded, why, key)``: the saved result when its key matches, else computed
-    (and its key written last, so a step killed before the end counts as unfinished); the
-    key returned is the one the result was made with (what later steps' keys digest).
-
-    A key saved when every step keyed the whole study's data (before per-task keys) still
-    matches while that whole-study fingerprint is unchanged."""
-    key_file = _key_file(run.out, step.name)
+    """``(value, loaded, why, record)``: the saved result when its record matches (key and
+    files), else computed; the record is removed before the step writes and written after its
+    last file, so a step killed at any moment counts as unfinished."""
     why = "--fresh"
     if resume:
-        saved = json.loads(key_file.read_text()) if key_file.is_file() else None
-        why = why_not(saved, key)
-        older = saved is not None and saved.get("data") == run.identity["data"]
-        if why is not None and older and why_not(saved, {**key, "data": saved["data"]}) is None:
-            why, key = None, saved  # an older key: all the data is unchanged
-        if why is None:
-            value = step.load(run)
-            if value is not None:
-                return value, True, None, key
-            why = "saved result missing or unreadable"
+        value, record, why = _reuse(run, step, key)
+        if record is not None:
+            return value, True, None, record
+    start_record(run.out, step.name)
     run.step_key = key  # for steps that keep finished parts of themselves (prompt seeds)
+    t0 = time.perf_counter()
     value = step.compute(run)
-    write_text_atomic(key_file, json.dumps(key, indent=2, sort_keys=True, default=str))
-    return value, False, why, key
-
-
-def remove_stale(out: Path) -> None:
-    """Remove the temporary files a killed run left (they are never read)."""
-    for stale in [*out.rglob(".*.tmp-*"), *out.rglob(".*.old-*")]:
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-
-
-def _computed_seconds(time_file: Path) -> float | None:
-    """How long the saved result took to compute (``None``: saved before times were kept)."""
-    try:
-        return float(json.loads(time_file.read_text())["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    record = finish_record(run.out, step.name, key, step.files(run), time.perf_counter() - t0)
+    return value, False, why, record
 
 
 def run_steps(run, steps: list[Step], summary: dict, *, resume: bool, log) -> None:
@@ -145,23 +149,19 @@ def run_steps(run, steps: list[Step], summary: dict, *, resume: bool, log) -> No
     ``summary["steps"][name] = {seconds, loaded, why, computed_seconds}`` in ``summary``
     (``seconds`` this run, ``computed_seconds`` the run that computed the result); the log
     says which step of how many is running and how long the finished ones took."""
-    keys: dict[str, dict] = {}
+    records: dict[str, dict] = {}
     summary.setdefault("steps", {})
     started = time.perf_counter()
     for i, step in enumerate(steps, start=1):
         log(f"[{step.name}] step {i} of {len(steps)} ({time.perf_counter() - started:.0f} s in)")
         t0 = time.perf_counter()
-        keys[step.name] = step_key(run, step, keys)
-        value, loaded, why, keys[step.name] = run_step(run, step, keys[step.name], resume)
+        key = step_key(run, step, records)
+        value, loaded, why, records[step.name] = run_step(run, step, key, resume)
         run.results[step.name] = value
         summary.update(step.summary(run, value))
         seconds = time.perf_counter() - t0
-        time_file = _key_file(run.out, step.name).with_suffix(".time.json")
-        computed = _computed_seconds(time_file) if loaded else round(seconds, 1)
-        if not loaded:  # how long computing it took, kept for the runs that reuse it
-            write_text_atomic(time_file, json.dumps({"seconds": computed}))
         summary["steps"][step.name] = {"seconds": round(seconds, 1), "loaded": loaded, "why": why,
-                                       "computed_seconds": computed}  # fmt: skip
+                                       "computed_seconds": records[step.name]["seconds"]}  # fmt: skip
         log(
             f"[{step.name}] {'loaded (unchanged)' if loaded else f'computed ({why})'} in {seconds:.1f} s"
         )

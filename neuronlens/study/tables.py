@@ -10,6 +10,7 @@ random controls, cross suppression and the time of each step.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -126,10 +127,14 @@ def _model_sections(name: str, m: Mapping, tasks: list[str], adversarial: Mappin
     for dataset, task, kind in _datasets(m, tasks, adversarial):
         p = m["predictivity"].get(dataset, {})
         r = rho.get(task) if kind == "clean" else None
+        where = p.get("positions") or ""
+        if where and p.get("positions_asked") is False:
+            where += " (where the head decides)"
         pred_rows.append([dataset, _num(p.get("max")), _num(p.get("top1pct_per_layer_mean")),
-                          _num(r)])  # fmt: skip
+                          _num(r), where])  # fmt: skip
     out += ["### Predictivity (mean over the prompts)", _table(
-        ["dataset", "max", "top 1 % per layer, mean", "ρ clean vs adversarial"], pred_rows)]  # fmt: skip
+        ["dataset", "max", "top 1 % per layer, mean", "ρ clean vs adversarial", "read at"],
+        pred_rows)]  # fmt: skip
     transfer = m.get("transfer", {})
     if transfer.get("absolute"):
         out += ["### Prompt transferability (accuracy; rows: the prompt's task)",
@@ -149,9 +154,8 @@ def _model_sections(name: str, m: Mapping, tasks: list[str], adversarial: Mappin
         body = []
         for task, rows in supp.items():
             by = {r["percent"]: r for r in rows}
-            cells = [f"{by[p]['acc_top']:.3f} vs {by[p]['acc_random_mean']:.3f} ± "
-                     f"{by[p]['acc_random_std']:.3f}" if p in by else "" for p in percents]  # fmt: skip
-            hits = sum(r["gap_sd"] > 2 for r in rows)
+            cells = [_suppression_cell(by[p]) if p in by else "" for p in percents]
+            hits = sum(beyond_2sd(r) for r in rows)
             body.append([task, *cells, f"{hits} of {len(rows)}"])
         out += ["### Suppression (accuracy: top neurons off vs random controls, mean ± sd)",
                 _table(["dataset", *[f"{p:g} %" for p in percents], "levels > 2 sd"], body)]  # fmt: skip
@@ -165,6 +169,23 @@ def _model_sections(name: str, m: Mapping, tasks: list[str], adversarial: Mappin
             [[s, _num(v.get("computed_seconds"), 0), f"{v['seconds']:.0f}",
               "yes" if v["loaded"] else f"no ({v['why']})"] for s, v in steps.items()])]  # fmt: skip
     return out
+
+
+def beyond_2sd(row: dict) -> bool:
+    """Whether a suppression level's top neurons are below random by more than 2 sd (a
+    level whose random controls do not spread has no gap in sd, and does not count)."""
+    g = row.get("gap_sd")
+    return isinstance(g, int | float) and math.isfinite(g) and g > 2
+
+
+def _suppression_cell(row: dict) -> str:
+    """``top vs random mean ± sd``, with why a level has no gap in sd (older summaries hold
+    ``inf`` / ``nan`` there and no note)."""
+    cell = f"{row['acc_top']:.3f} vs {row['acc_random_mean']:.3f} ± {row['acc_random_std']:.3f}"
+    g = row.get("gap_sd")
+    defined = isinstance(g, int | float) and math.isfinite(g)
+    note = row.get("gap_note") or ("" if defined else "no spread in the random controls")
+    return f"{cell} ({note})" if note else cell
 
 
 def read_summary(path: str | Path) -> dict:

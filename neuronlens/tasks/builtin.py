@@ -37,6 +37,13 @@ Splits where the hub and the local files are cut differently:
   ``dev32`` is local only.
 - ``ethics_*``: ``test`` is ETHICS's test set (the hub's ``validation``), ``test_hard`` its hard
   test set (the hub's ``test``, hub only).
+
+Each task's :attr:`~neuronlens.tasks.Task.eval_split`, where a study evaluates by default,
+follows :func:`~neuronlens.tasks.task.default_eval_split`: ``dev`` for the GLUE tasks (GLUE's
+dev set, the papers' test set) and the AdvGLUE sets (their only split), ``test`` for IMDB,
+Movie Rationales, ETHICS (not ``test_hard``), AG News (its 7,600 test rows; ``validation``
+is held out of train) and ``toy_sentiment``. CB names ``validation`` in the table: FewGLUE's
+layout uses SuperGLUE's val set as its test set (``dev32`` is its few-shot dev set).
 """
 
 from __future__ import annotations
@@ -268,6 +275,7 @@ def _cb() -> Task:
         verbalizer=NLI3_WORDS,
         label_space="nli3",
         description="CommitmentBank (SuperGLUE CB), labels in MNLI order.",
+        eval_split="validation",  # FewGLUE's test set; dev32 is its few-shot dev set
         splits={
             "train": Split(
                 local=local("train"),

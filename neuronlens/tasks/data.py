@@ -32,7 +32,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
             "environment variable to the folder that holds the task files (sst2/, mrpc/, ...)"
         )
     if not path.is_dir():
-        raise DataFileNotFoundError(f"data directory {path} (from {setting}) does not exist")
+        raise DataFileNotFoundError(
+            f"data directory {path} (from {setting}) does not exist: point data_dir= or "
+            f"{DATA_DIR_ENV} at the folder that holds the task files (sst2/, mrpc/, ...)"
+        )
     return path
 
 

@@ -118,19 +118,27 @@ class HubSource:
         config = f"config {self.config!r}, " if self.config else ""
         return f"{self.path} ({config}split {self.split!r})"
 
-    def read(self, limit: int | None = None) -> RawSplit:
-        """Download (or read from the cache) the split's columns."""
-        import datasets
+    def read(self, limit: int | None = None, *, why: str = "", where: str = "") -> RawSplit:
+        """Download (or read from the cache) the split's columns.
 
+        ``why``: why the hub was tried and what to do instead, for the error raised when it
+        cannot be reached (default: how to read the split from a data directory); ``where``:
+        what is being loaded (``task 'sst2', split 'dev'``), to start that error.
+        """
         try:
+            import datasets
+
             ds = datasets.load_dataset(
                 self.path, self.config, split=self.split, revision=self.revision
             )
-        except Exception as exc:  # network, auth, missing repo, script-based repo ...
+        except Exception as exc:  # no datasets, network, offline mode, auth, missing repo ...
+            why = why or (
+                f"without a network, put the split's file in a data directory (pass data_dir= "
+                f"or set {DATA_DIR_ENV}) and load it with source='local'"
+            )
             raise DataError(
-                f"could not load {self.describe()} from the Hugging Face hub "
-                f"({type(exc).__name__}: {exc}); without a network, put the files in the data "
-                "directory and load with source='local'"
+                f"{where + ': ' if where else ''}could not load {self.describe()} from the "
+                f"Hugging Face hub ({type(exc).__name__}: {exc}); {why}"
             ) from exc
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[self.split]

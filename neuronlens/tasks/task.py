@@ -11,6 +11,12 @@ Each split of a task is a :class:`Split` with up to three sources:
 - ``hub``: a :class:`HubSource`, read with ``datasets.load_dataset`` (needs a network or the
   Hugging Face cache);
 - ``data``: a :class:`TaskData` already in memory (custom and synthetic tasks).
+
+A split that cannot be found or read raises an error that names both settings of the data
+directory (``data_dir=`` and ``NEURONLENS_DATA_DIR``) and says whether the hub was tried.
+
+A task also names the split a study evaluates on by default, :attr:`Task.eval_split`
+(:func:`default_eval_split`: ``dev``, else ``test``, else ``validation``, ...).
 """
 
 from __future__ import annotations
@@ -29,13 +35,38 @@ from neuronlens.errors import (
     EmptyDataError,
     ShapeMismatchError,
 )
-from neuronlens.tasks.data import TaskData, check_count, configured_data_dir, resolve_data_dir
+from neuronlens.tasks.data import (
+    DATA_DIR_ENV,
+    TaskData,
+    check_count,
+    configured_data_dir,
+    resolve_data_dir,
+)
 from neuronlens.tasks.readers import FILE_FORMATS, Column, RawSplit
 from neuronlens.tasks.sources import SOURCES, HubSource, LocalFile, Split
 
 TEMPLATE_FIELDS = ("text", "text_b", "mask")
 SINGLE_TEMPLATE = "{text} It was {mask}."
 PAIR_TEMPLATE = "{text} ? {mask} , {text_b}"
+EVAL_SPLITS = ("dev", "test", "validation")
+"""Split names a study evaluates on by default, in order of preference (see
+:func:`default_eval_split`)."""
+
+
+def default_eval_split(splits: Mapping[str, Any]) -> str | None:
+    """The split a study evaluates on when the task names none.
+
+    The first of :data:`EVAL_SPLITS` the task has: ``dev`` (GLUE's dev set, which the papers
+    report as their test set, GLUE's own test labels being hidden; AdvGLUE's only split),
+    else ``test`` (IMDB, ETHICS, AG News, ``toy_sentiment``), else ``validation``; else the
+    first split that is not ``train``; else ``train`` (training data only: a study divides
+    it). None for a task without splits.
+    """
+    for name in EVAL_SPLITS:
+        if name in splits:
+            return name
+    others = [name for name in splits if name != "train"]
+    return others[0] if others else next(iter(splits), None)
 
 
 @dataclass
@@ -58,6 +89,9 @@ class Task:
             phrase of every parse tree), so rows held out of it share sentences with the rest;
             validation should then come from
             :func:`~neuronlens.tasks.splits.sentence_disjoint_split` (studies do this).
+        eval_split: the split a study evaluates on by default (SST-2: ``"dev"``, GLUE's dev
+            set; ``toy_sentiment``: ``"test"``). ``None`` (the default) derives it from the
+            split names by :func:`default_eval_split`; a name given must be one of ``splits``.
     """
 
     name: str
@@ -68,6 +102,7 @@ class Task:
     label_space: str | None = None
     description: str = ""
     train_has_phrases: bool = False
+    eval_split: str | None = None
 
     def __post_init__(self) -> None:
         self.label_names = tuple(self.label_names)
@@ -94,6 +129,19 @@ class Task:
                     "not a Split"
                 )
             self._check_pairing(split_name, spec)
+        self._set_eval_split(self.eval_split)
+
+    def _set_eval_split(self, name: str | None) -> None:
+        """Set :attr:`eval_split`: ``name``, checked to be a split, or the default one."""
+        if name is None:
+            self.eval_split = default_eval_split(self.splits)
+        elif name not in self.splits:
+            raise DataError(
+                f"task {self.name!r}: eval_split {name!r} is not one of its splits "
+                f"{list(self.splits)}"
+            )
+        else:
+            self.eval_split = name
 
     def _check_pairing(self, split_name: str, spec: Split) -> None:
         """Each source of a split gives second texts exactly when the template uses them."""
@@ -169,14 +217,22 @@ class Task:
         where = f"task {self.name!r}, split {split!r}"
         picked = self._pick_source(spec, data_dir, source, where)
         if isinstance(picked, HubSource):
-            return self._make_data(split, picked.read(limit), picked.label_map, where)
+            raw = picked.read(limit, why=_why_hub(spec, data_dir, source), where=where)
+            return self._make_data(split, raw, picked.label_map, where)
         base = None if Path(picked.path).expanduser().is_absolute() else resolve_data_dir(data_dir)
         path = picked.resolve(base)
         if not path.is_file():
+            hub = "; or load it from the hub with source='hub'" if spec.hub is not None else ""
+            if base is None:
+                raise DataFileNotFoundError(
+                    f"{where}: file {path} not found (an absolute path: data_dir= and "
+                    f"{DATA_DIR_ENV} do not apply){hub}"
+                )
             _, setting = configured_data_dir(data_dir)
-            origin = f"data dir {base}, from {setting}" if base is not None else "absolute path"
-            hub = "; or load it with source='hub'" if spec.hub is not None else ""
-            raise DataFileNotFoundError(f"{where}: file {path} not found ({origin}){hub}")
+            raise DataFileNotFoundError(
+                f"{where}: file {path} not found in the data directory {base} (from "
+                f"{setting}); put it there, or {_point_at(picked)}{hub}"
+            )
         return self._make_data(split, picked.read(path, limit), picked.label_map, where)
 
     @staticmethod
@@ -186,10 +242,16 @@ class Task:
         """The local file or hub source that ``source`` asks for (see :meth:`load`)."""
         if source == "local" or (source == "auto" and spec.hub is None):
             if spec.local is None:
-                raise DataError(f"{where} has no local file; load it with source='hub'")
+                raise DataError(
+                    f"{where} has no local file, so no data directory (data_dir= or "
+                    f"{DATA_DIR_ENV}) holds it; load it with source='hub'"
+                )
             return spec.local
         if spec.hub is None:
-            raise DataError(f"{where} is not on the hub; load it with source='local'")
+            raise DataError(
+                f"{where} is not on the hub; load it with source='local' from the data "
+                f"directory (data_dir= or {DATA_DIR_ENV})"
+            )
         if source == "hub" or spec.local is None:
             return spec.hub
         path = Path(spec.local.path).expanduser()
@@ -200,7 +262,8 @@ class Task:
             if not base.is_dir():  # a data directory was asked for: never fall back quietly
                 raise DataFileNotFoundError(
                     f"{where}: the data directory {base} (from {setting}) does not exist; fix "
-                    f"the path, or pass source='hub' to read the split from the hub"
+                    f"data_dir= or {DATA_DIR_ENV}, or pass source='hub' to read the split "
+                    "from the hub"
                 )
             path = base / path
         return spec.local if path.is_file() else spec.hub
@@ -236,13 +299,15 @@ class Task:
         splits: Mapping[str, Sequence[Sequence[Any]]] | None = None,
         label_space: str | None = None,
         description: str = "",
+        eval_split: str | None = None,
     ) -> Task:
         """A task from in-memory data.
 
         Either ``texts`` and ``labels`` (and ``texts_b``), which become the split ``"train"``,
         or ``splits={"train": (texts, labels), "validation": (texts, labels, texts_b), ...}``.
         Labels are integers or strings from ``label_names``. Pair tasks need a template with
-        ``{text_b}``, e.g. ``"{text} ? {mask} , {text_b}"``.
+        ``{text_b}``, e.g. ``"{text} ? {mask} , {text_b}"``. ``eval_split`` defaults to
+        :func:`default_eval_split` of the split names (``"train"`` when it is the only one).
         """
         if splits is None:
             if texts is None or labels is None:
@@ -275,6 +340,7 @@ class Task:
             spec = Split(data=task._make_data(split_name, raw, None, where))
             task._check_pairing(split_name, spec)
             task.splits[split_name] = spec
+        task._set_eval_split(eval_split)
         return task
 
     @classmethod
@@ -295,13 +361,15 @@ class Task:
         json_key: str | None = None,
         label_map: Mapping[Any, int] | None = None,
         description: str = "",
+        eval_split: str | None = None,
     ) -> Task:
         """A task read from files, one per split (.csv, .tsv, .jsonl or .json).
 
         Paths are resolved now, against the current directory. Files are read at
         :meth:`load` time. The template defaults to ``"{text} It was {mask}."``, or
         ``"{text} ? {mask} , {text_b}"`` with a ``text_b_column``. See :class:`LocalFile` for
-        ``header``, ``quotes``, ``json_key`` and ``label_map``.
+        ``header``, ``quotes``, ``json_key`` and ``label_map``; :attr:`eval_split` defaults
+        to :func:`default_eval_split` of the split names.
         """
         if not path_per_split:
             raise DataError(f"task {name!r}: path_per_split is empty")
@@ -334,7 +402,43 @@ class Task:
             splits=splits,
             label_space=label_space,
             description=description,
+            eval_split=eval_split,
         )
+
+
+def _point_at(local: LocalFile) -> str:
+    return f"point data_dir= or {DATA_DIR_ENV} at the folder that holds {local.path}"
+
+
+def _why_hub(spec: Split, data_dir: str | os.PathLike | None, source: str) -> str:
+    """Why :meth:`Task.load` tried the hub for ``spec``, and how to read it locally instead."""
+    if spec.local is None:
+        return (
+            "this split has no local file, so a data directory (data_dir= or "
+            f"{DATA_DIR_ENV}) cannot supply it: it needs the hub (a network, or the datasets "
+            "cache); or build a task from your own files with Task.from_file"
+        )
+    if source == "hub":
+        return (
+            f"source='hub' was asked for; to read the local file {spec.local.path} instead, "
+            f"pass source='local' and data_dir=, or set {DATA_DIR_ENV}"
+        )
+    path = Path(spec.local.path).expanduser()
+    if path.is_absolute():
+        return (
+            f"the hub was tried because {path} does not exist (data_dir= and {DATA_DIR_ENV} "
+            "do not apply to an absolute path)"
+        )
+    base, setting = configured_data_dir(data_dir)
+    if base is None:
+        return (
+            "the hub was tried because no data directory is configured: pass data_dir= or "
+            f"set {DATA_DIR_ENV} to the folder that holds {spec.local.path}"
+        )
+    return (
+        f"the hub was tried because {base / path} is not in the data directory {base} (from "
+        f"{setting}): put the file there, or {_point_at(spec.local)}"
+    )
 
 
 def _template_fields(template: str, task: str) -> set[str]:
