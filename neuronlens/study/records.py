@@ -35,7 +35,7 @@ from pathlib import Path
 from neuronlens.errors import NeuronLensError
 from neuronlens.io import json_text, write_text_atomic
 
-try:  # POSIX; elsewhere a study folder is not locked (documented in run_study)
+try:  # POSIX; elsewhere a study folder is not locked (the README says so)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
