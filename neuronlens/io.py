@@ -10,6 +10,7 @@ partial result that a later run could load.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -59,6 +60,16 @@ def json_text(value, **kwargs) -> str:
     """Strict JSON (no ``NaN`` / ``Infinity``, which strict parsers reject): non-finite
     numbers become ``null``; values JSON cannot hold otherwise are written with ``str``."""
     return json.dumps(finite_or_none(value), allow_nan=False, default=str, **kwargs)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks), as hex: how saved files are
+    checked to be the ones written."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _stem(path: str | os.PathLike) -> Path:

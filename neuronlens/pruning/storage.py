@@ -19,7 +19,6 @@ truncated or swapped file is an error, never a model that loads and answers wron
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -36,7 +35,7 @@ from neuronlens.errors import (
     NeuronLensError,
     ShapeMismatchError,
 )
-from neuronlens.io import atomic_dir, json_text, library_versions
+from neuronlens.io import atomic_dir, file_sha256, json_text, library_versions
 from neuronlens.models.families import Family, family_for_architecture
 from neuronlens.models.loading import draw_head, load_model, quiet_transformers
 from neuronlens.models.model import NeuronModel, config_head_dim
@@ -128,19 +127,15 @@ def _base_model(hf: nn.Module, family: Family) -> nn.Module:
     return base if base is not hf and type(base).__name__ in family.base_models else hf
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _file_rows(root: Path) -> list[dict]:
     """``{"name", "bytes", "sha256"}`` of every file under ``root`` but the record."""
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != RECORD_FILE)
     return [
-        {"name": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": _sha256(p)}
+        {
+            "name": p.relative_to(root).as_posix(),
+            "bytes": p.stat().st_size,
+            "sha256": file_sha256(p),
+        }
         for p in files
     ]
 
@@ -277,7 +272,7 @@ def _check_files(root: Path, rows) -> None:
                 f"it; {RESAVE}"
             )
         got = path.stat().st_size
-        if got != size or _sha256(path) != digest:
+        if got != size or file_sha256(path) != digest:
             how = f"{got} bytes, saved with {size}" if got != size else "its SHA-256 differs"
             raise DataError(
                 f"{path} is not the file save_pruned wrote ({how}): it was changed, truncated "

@@ -22,7 +22,6 @@ Every step of a study goes through this module:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 from neuronlens.errors import NeuronLensError
-from neuronlens.io import json_text, write_text_atomic
+from neuronlens.io import file_sha256, json_text, write_text_atomic
 
 try:  # POSIX; elsewhere a study folder is not locked (the README says so)
     import fcntl
@@ -144,11 +143,7 @@ def read_json(path: Path, schema):
 
 def file_digest(path: Path) -> dict:
     """``{"size": bytes, "sha256": hex}`` of one file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _expand(out: Path, rels) -> list[str]:
