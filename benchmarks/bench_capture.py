@@ -6,7 +6,7 @@ and ``neuronlens.capture`` of every FFN site with a running mean, on the same in
 Medians over the repeats give the ratios. Models: a BERT-base-sized random model
 (12 x 768 x 3072, batch 8 x 128 tokens) and all-MiniLM-L6-v2 (when installed).
 
-    python benchmarks/bench_capture.py [--repeats 9]
+    python benchmarks/bench_capture.py [--repeats 9] [--dtype bfloat16]
 
 The last line printed is one JSON object with the measured ratios (target: capture at most
 1.10x the plain forward).
@@ -80,13 +80,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (model and baseline)")
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     results = []
 
     hf = tiny_hf_model(
         "bert", layers=12, d_model=768, d_mlp=3072, heads=12, vocab=30522, max_positions=512
     )
+    hf = hf.to(dtype)
     raw = copy.deepcopy(hf)
     model = nl.load_model(hf, tiny_tokenizer(), name="bert-base-random")
     results.append(
@@ -105,8 +108,8 @@ def main() -> None:
 
         from neuronlens.models.assets import minilm_dir
 
-        model = nl.load_minilm()
-        raw = BertForMaskedLM.from_pretrained(minilm_dir()).eval()
+        model = nl.load_minilm(dtype=dtype)
+        raw = BertForMaskedLM.from_pretrained(minilm_dir(), dtype=dtype).eval()
         results.append(
             measure(
                 "all-MiniLM-L6-v2",
@@ -120,6 +123,7 @@ def main() -> None:
     summary = {
         "benchmark": "capture_all_ffn_sites_running_mean",
         "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
         "repeats": args.repeats,
         "target_capture_over_plain": 1.10,
         "results": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in results},

@@ -13,7 +13,7 @@ Interleaved in one run, medians over repeats, on a BERT-base-sized random model
   on train, accuracies on dev) on N and on 10 N examples, each in a fresh process. Target:
   within 5 %. ``run_growth_mib_*``: how far RSS rose during the run above its level before.
 
-    python benchmarks/bench_probes.py [--repeats 7] [--mem-n 100]
+    python benchmarks/bench_probes.py [--repeats 7] [--mem-n 100] [--dtype bfloat16]
 
 The last line printed is one JSON object with the ratios.
 """
@@ -64,7 +64,11 @@ def timings(name: str, model: nl.NeuronModel, raw, enc: Encoded, repeats: int) -
     p = pr.n_tokens
     baseline = {s.name: torch.zeros(p, s.width, dtype=torch.float64) for s in model.sites}
     emb = torch.cat(
-        [pr.prompt.expand(len(enc), -1, -1), raw.get_input_embeddings()(enc.input_ids)], 1
+        [
+            pr.prompt.to(model.dtype).expand(len(enc), -1, -1),
+            raw.get_input_embeddings()(enc.input_ids),
+        ],
+        1,
     )
     mask = torch.cat([torch.ones(len(enc), p, dtype=torch.long), enc.attention_mask], 1)
     types = None if enc.token_type_ids is None else torch.zeros_like(mask)
@@ -125,7 +129,7 @@ def _rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def memory_child(n: int) -> None:
+def memory_child(n: int, dtype: str = "float32") -> None:
     """One whole predictivity run on n train + n dev examples. Prints the peak RSS during the
     run and how far it rose above the RSS before the run, in KiB (sampled every 5 ms; not
     ru_maxrss, which a child inherits from the forking parent)."""
@@ -134,7 +138,7 @@ def memory_child(n: int) -> None:
     from neuronlens.probes import predictivity
     from neuronlens.tasks import toy_sentiment_task
 
-    model = nl.load_minilm()
+    model = nl.load_minilm(dtype=dtype)
     task = toy_sentiment_task(size=n, eval_size=n)
     pr = fake_prompt(model)
     train, dev = task.load("train"), task.load("validation")
@@ -156,9 +160,9 @@ def memory_child(n: int) -> None:
     print(peak[0], peak[0] - before)
 
 
-def peak_rss(n: int) -> tuple[int, int]:
+def peak_rss(n: int, dtype: str = "float32") -> tuple[int, int]:
     out = subprocess.run(
-        [sys.executable, __file__, "--mem-child", str(n)],
+        [sys.executable, __file__, "--mem-child", str(n), "--dtype", dtype],
         capture_output=True,
         text=True,
         check=True,
@@ -172,15 +176,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--mem-n", type=int, default=100)
     ap.add_argument("--mem-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (model and baseline)")
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
     if args.mem_child is not None:
-        memory_child(args.mem_child)
+        memory_child(args.mem_child, args.dtype)
         return
     torch.manual_seed(0)
     results = []
     hf = tiny_hf_model(
         "bert", layers=12, d_model=768, d_mlp=3072, heads=12, vocab=30522, max_positions=512
     )
+    hf = hf.to(dtype)
     raw = copy.deepcopy(hf)
     model = nl.load_model(hf, tiny_tokenizer(), name="bert-base-random")
     results.append(
@@ -190,6 +197,7 @@ def main() -> None:
     summary = {
         "benchmark": "probes",
         "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
         "repeats": args.repeats,
         "targets": {
             "predictivity_over_plain": 1.15,
@@ -202,12 +210,15 @@ def main() -> None:
 
         from neuronlens.models.assets import minilm_dir
 
-        model = nl.load_minilm()
-        raw = BertForMaskedLM.from_pretrained(minilm_dir()).eval()
+        model = nl.load_minilm(dtype=dtype)
+        raw = BertForMaskedLM.from_pretrained(minilm_dir(), dtype=dtype).eval()
         results.append(
             timings("all-MiniLM-L6-v2", model, raw, random_batch(model, 8, 128), args.repeats)
         )
-        (small, grow_small), (large, grow_large) = peak_rss(args.mem_n), peak_rss(10 * args.mem_n)
+        (small, grow_small), (large, grow_large) = (
+            peak_rss(args.mem_n, args.dtype),
+            peak_rss(10 * args.mem_n, args.dtype),
+        )
         summary["memory"] = {
             "model": "all-MiniLM-L6-v2",
             "n": args.mem_n,

@@ -38,6 +38,7 @@ from neuronlens.errors import (
 from neuronlens.models.families import ModelKind
 from neuronlens.models.layout import Layout, Placement
 from neuronlens.models.model import Encoded, NeuronModel
+from neuronlens.models.placement import widen
 from neuronlens.models.prefix import sequence_positions
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.positions import (  # noqa: F401 (the selectors, also importable from here)
@@ -440,12 +441,13 @@ class RunningMean:
     counts: dict[str, Tensor] = field(default_factory=dict)
 
     def __call__(self, sb: SiteBatch) -> None:
-        valid = sb.valid.to(sb.acts.dtype)
+        acts = widen(sb.acts)
+        valid = sb.valid.to(acts.dtype)
         if self.per_position:
-            s = torch.einsum("bn,bnd->nd", valid, sb.acts)
+            s = torch.einsum("bn,bnd->nd", valid, acts)
             c = valid.sum(0)
         else:
-            s = torch.einsum("bn,bnd->d", valid, sb.acts)
+            s = torch.einsum("bn,bnd->d", valid, acts)
             c = valid.sum()
         key = sb.site.name
         if key in self.sums:

@@ -67,6 +67,14 @@ def fine_tune(
         >>> evaluate(ft, res, dev).accuracy                          # doctest: +SKIP
     """
     checks.number("weights_lr", weights_lr, low=0, finite=True)
+    if model.dtype != torch.float32:
+        raise NeuronLensError(
+            f"{model.name} runs in {str(model.dtype).removeprefix('torch.')}: fine-tuning "
+            "updates the model's own weights, and in half precision AdamW would update them "
+            "without float32 master copies (updates below their precision are lost). Load "
+            "the model with dtype=torch.float32 to fine-tune it; soft prompts, prefixes and "
+            "heads do train on a half-precision model (as float32 master weights)"
+        )
     s = TrainingSettings.of(settings, **training)
     task, train, validation = training_splits(task, train, validation, data_dir, s.val_limit)
     tuned = copy_model(model, name or f"{model.name} fine-tuned on {task.name}")

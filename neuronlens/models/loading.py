@@ -15,6 +15,7 @@ from neuronlens.errors import NeuronLensError, UnsupportedModelError
 from neuronlens.models.attention_heads import fix_bias_hooks, own_head_counts
 from neuronlens.models.families import family_for_architecture
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import cast_floats, place_built, placement_kwargs, resolve_dtype
 
 HEAD_SEED = 0
 """Seed of the LM head given to a model whose checkpoint has none (see :func:`draw_head`)."""
@@ -25,7 +26,10 @@ def load_model(
     tokenizer: transformers.PreTrainedTokenizerBase | str | os.PathLike | None = None,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
+    n_devices: int | None = None,
+    max_memory: dict | None = None,
     name: str | None = None,
     has_lm_head: bool | None = None,
 ) -> NeuronModel:
@@ -39,8 +43,19 @@ def load_model(
             A built model is wrapped in place: keep a copy if you need the untouched one.
         tokenizer: the model's tokenizer, or a name / directory to load it from. Required
             with a built model; defaults to ``model`` for names and directories.
-        device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
-        dtype: weights dtype when loading from a name or directory.
+        device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``...), or
+            ``"meta"``: shapes only, no weights (sites, widths, FLOPs and costs of a model
+            too big for this machine; it cannot run).
+        dtype: ``None`` (float32 from a name or directory, a built model as it is),
+            ``"auto"`` (the checkpoint's own dtype), ``torch.float32``, ``torch.bfloat16``
+            or ``torch.float16`` (or a name: ``"bf16"``, ``"fp16"``, ...). The model runs in
+            it; see :mod:`neuronlens.models.placement` for what stays in float32.
+        device_map: a split over several devices, as ``from_pretrained`` takes it: a dict
+            of module name -> device (``{"model.layers.0": "cuda:0", ...}``) or ``"auto"``
+            / ``"balanced"`` / ``"sequential"`` (accelerate). Inputs go to the embedding's
+            device, results come back on CPU.
+        n_devices: split the layers evenly over this many CUDA devices.
+        max_memory: per-device caps for a string ``device_map`` (``{0: "20GiB", ...}``).
         name: a label for results and errors (defaults to the name or directory).
         has_lm_head: override the detection of a randomly initialised LM head (only needed
             for a built model whose head you know to be untrained).
@@ -49,10 +64,17 @@ def load_model(
     all-MiniLM-L6-v2) load into the family's LM-head class; the head weights are then
     missing, and the model is marked ``kind=ModelKind.ENCODER`` so no verbalizer reads it.
     """
+    dtype = resolve_dtype(dtype)
+    where = placement_kwargs(device, device_map, n_devices, max_memory)
     if isinstance(model, transformers.PreTrainedModel):
         hf, family, label, head = _built(model, tokenizer, name, has_lm_head)
+        if isinstance(dtype, torch.dtype):
+            cast_floats(hf, dtype)
+        hf = place_built(hf, device, where)
     else:
-        hf, family, label, head, source = _pretrained(model, dtype, name, has_lm_head)
+        hf, family, label, head, source = _pretrained(
+            model, dtype, name, has_lm_head, where, device
+        )
         tokenizer = source if tokenizer is None else tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer))
@@ -64,7 +86,7 @@ def load_model(
     hf.config.architectures = [type(hf).__name__]
     hf.eval()
     hf.requires_grad_(False)  # frozen: neuronlens trains prompts and heads, never the model
-    bridge = _boot(label, hf, tokenizer, device)
+    bridge = _boot(label, hf, tokenizer, None if where else device)
     # our copy: right padding, so "last non-padding token" is well defined everywhere
     own = copy.deepcopy(tokenizer)
     own.padding_side = "right"
@@ -93,8 +115,10 @@ def _built(model, tokenizer, name, has_lm_head):
     return model, family, label, True if has_lm_head is None else has_lm_head
 
 
-def _pretrained(model, dtype, name, has_lm_head):
-    """``(hf, family, label, has_lm_head, source)`` of a hub name or a local directory."""
+def _pretrained(model, dtype, name, has_lm_head, where: dict, device):
+    """``(hf, family, label, has_lm_head, source)`` of a hub name or a local directory,
+    loaded in ``dtype`` (``None``: float32) and placed on ``device`` or by ``where``
+    (:func:`~neuronlens.models.placement.placement_kwargs`)."""
     source = str(model)
     local = Path(source).expanduser()
     if local.is_dir():
@@ -121,10 +145,22 @@ def _pretrained(model, dtype, name, has_lm_head):
             "pass it to load_model(hf_model, tokenizer)"
         )
     family, cls_name = family_for_architecture(archs[0])
+    cls = getattr(transformers, cls_name)
+    if str(device) == "meta":  # shapes only: nothing is read but the config
+        with torch.device("meta"):
+            hf = cls(config)
+        if isinstance(dtype, torch.dtype):
+            hf = hf.to(dtype)
+        return hf, family, name or source, True if has_lm_head is None else has_lm_head, source
     with quiet_transformers():
-        hf, info = getattr(transformers, cls_name).from_pretrained(
-            source, dtype=dtype, output_loading_info=True
+        hf, info = cls.from_pretrained(
+            source,
+            dtype=torch.float32 if dtype is None else dtype,
+            output_loading_info=True,
+            **where,
         )
+    if not where:
+        hf = place_built(hf, device, where)
     missing = list(info.get("missing_keys", []))
     head_missing = bool(family.head_prefixes) and any(
         k.startswith(family.head_prefixes) for k in missing

@@ -22,6 +22,7 @@ from neuronlens.errors import (
 from neuronlens.models.attention_heads import GatherLinear
 from neuronlens.models.families import Family, ModelKind
 from neuronlens.models.layout import Layout, Placement, make_layout, place_prompt
+from neuronlens.models.placement import devices_of, dtype_name
 from neuronlens.models.prefix import T5_REASON, Prefix, input_positions, prefix_cache
 from neuronlens.models.sites import Site, SiteSpec, module_kinds, resolve_site, resolve_sites
 
@@ -121,7 +122,27 @@ class NeuronModel:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the model runs in (its embedding's)."""
         return self.input_embeddings.weight.dtype
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the weights live on (several under a ``device_map``); inputs go to
+        :attr:`device`, the embedding's."""
+        return devices_of(self.hf_model)
+
+    def _where(self) -> str:
+        devs = self.devices
+        return str(self.device) if len(devs) <= 1 else "[" + ", ".join(map(str, devs)) + "]"
+
+    def require_weights(self) -> None:
+        """Raise unless the model has weights to run (a ``device="meta"`` model has shapes
+        only)."""
+        if self.device.type == "meta":
+            raise NeuronLensError(
+                f"{self.name} was loaded with device='meta': it has shapes but no weights, so "
+                "it cannot run. Load it on 'cpu' or 'cuda' to compute anything"
+            )
 
     @property
     def input_embeddings(self) -> torch.nn.Embedding:
@@ -368,6 +389,7 @@ class NeuronModel:
         """
         if len(batch) == 0:
             raise EmptyDataError("empty batch: there is nothing to run")
+        self.require_weights()
         if isinstance(prompt, Prefix):
             if self.family.kind is ModelKind.ENCODER_DECODER:
                 raise NeuronLensError(f"{self.name}: {T5_REASON}")
@@ -411,6 +433,7 @@ class NeuronModel:
         """
         if len(batch) == 0:
             raise EmptyDataError("empty batch: there is nothing to run")
+        self.require_weights()
         emb, mask, types, layout = self._inputs(batch, prompt, placement)
         if embeds_require_grad:
             emb = emb.detach().requires_grad_(True)
@@ -472,7 +495,8 @@ class NeuronModel:
         )
         return (
             f"NeuronModel({self.name!r}, family={self.family.name}, kind={self.kind.value}, "
-            f"{stacks}, {self.n_neurons} neurons, device={self.device})"
+            f"{stacks}, {self.n_neurons} neurons, dtype={dtype_name(self.dtype)}, "
+            f"device={self._where()})"
         )
 
 

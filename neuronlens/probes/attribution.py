@@ -21,6 +21,7 @@ gradient, :class:`RandomScores` draws seeded random scores (no forward pass need
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -31,8 +32,10 @@ from neuronlens.capture import AllTokens, CaptureData, SiteBatch
 from neuronlens.errors import EmptyDataError, NeuronLensError
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import dtype_name, widen
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
+from neuronlens.positions import ReadoutWarning
 from neuronlens.probes.base import Probe, ProbeInfo, ProbeRun, State, run_probe
 from neuronlens.prompts.heads import render_texts
 
@@ -98,7 +101,9 @@ class AttributionMethod:
         prompt = tuned.prompt if tuned.n_tokens else None
         run = ProbeRun(chosen, prompt, fwd, gold_logit, batch_size, progress)
         probe = AttributionProbe(self, include_prompt)
-        return run_probe(model, probe, data_c, run=run, task=getattr(data, "task", None), meta=meta)
+        out = run_probe(model, probe, data_c, run=run, task=getattr(data, "task", None), meta=meta)
+        _warn_if_dead(out, include_prompt)
+        return out
 
 
 class GradientXActivation(AttributionMethod):
@@ -149,6 +154,7 @@ class RandomScores(AttributionMethod):
     def attribute(self, tuned, task, data, *, n=20, seed=0, sites=None, include_prompt=False,
                   batch_size=16, max_length=256, progress=None, modules="ffn") -> NeuronScores:  # fmt: skip
         _, chosen, meta = _prepare(self.model, tuned, data, n, seed, sites, include_prompt, modules)
+        meta["model_dtype"] = dtype_name(self.model.dtype)
         g = torch.Generator().manual_seed(seed)
         scores = {s.name: torch.rand(s.width, generator=g) for s in chosen}
         return NeuronScores(
@@ -195,7 +201,8 @@ class AttributionProbe(Probe):
         return {s.name: torch.zeros(s.width, dtype=torch.float64) for s in sites}
 
     def update(self, state: State, sb: SiteBatch) -> None:
-        per_token = self.method.per_unit(sb.acts, sb.grads, sb.site.group)
+        grads = None if sb.grads is None else widen(sb.grads)
+        per_token = self.method.per_unit(widen(sb.acts), grads, sb.site.group)
         valid = sb.valid.to(per_token.dtype)
         n_tok = valid.sum(1, keepdim=True)
         if bool((n_tok == 0).any()):
@@ -205,6 +212,26 @@ class AttributionProbe(Probe):
 
     def finish(self, state: State, sites: Sequence[Site], info: ProbeInfo) -> dict[str, Tensor]:
         return {s.name: state[s.name] for s in sites}
+
+
+def _warn_if_dead(scores: NeuronScores, include_prompt: bool) -> None:
+    """Warn about sites whose every score is exactly 0: they rank nothing."""
+    dead = [s.name for s in scores.sites if not bool(scores.scores[s.name].any())]
+    if not dead:
+        return
+    hint = (
+        " A causal LM read at a soft prompt after the input has no path from its last "
+        "layer's input positions to the answer: pass include_prompt=True to score the "
+        "prompt positions too"
+        if not include_prompt
+        else ""
+    )
+    warnings.warn(
+        f"{scores.method}: every score is 0 at {dead}, so these sites rank nothing (ties "
+        f"break by index).{hint}",
+        ReadoutWarning,
+        stacklevel=3,
+    )
 
 
 def gold_logit(logits: Tensor, batch) -> Tensor:

@@ -46,6 +46,7 @@ from neuronlens.capture import (
 )
 from neuronlens.errors import EmptyDataError, NeuronLensError, SiteError
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import dtype_name
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
 
@@ -243,5 +244,5 @@ def run_probe(
         probe.name,
         model.name,
         task or getattr(data, "task", None),
-        {"n_examples": n, **info.meta},
+        {"n_examples": n, "model_dtype": dtype_name(model.dtype), **info.meta},
     )

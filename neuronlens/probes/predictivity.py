@@ -49,6 +49,7 @@ from neuronlens.errors import (
 )
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import dtype_name
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
 from neuronlens.positions import (
@@ -141,7 +142,7 @@ class NeuronAccuracyProbe(_PositionProbe):
 
     def update(self, state: State, sb: SiteBatch) -> None:
         self.check(sb)
-        bsl = self.baseline[sb.site.name].to(sb.acts.device, sb.acts.dtype)
+        bsl = self.baseline[sb.site.name].to(sb.acts.device, torch.float64)
         if bsl.shape != sb.acts.shape[1:]:
             raise ShapeMismatchError(
                 f"site {sb.site.name}: the baselines are {list(bsl.shape)} (positions x "
@@ -152,7 +153,7 @@ class NeuronAccuracyProbe(_PositionProbe):
         v = sb.valid.unsqueeze(-1)
         a = sb.acts.double()
         key = sb.site.name
-        _add(state, f"{key}/correct", (((sb.acts > bsl) == y) & v).sum(0).cpu())
+        _add(state, f"{key}/correct", (((a > bsl) == y) & v).sum(0).cpu())
         _add(state, f"{key}/count", sb.valid.long().sum(0).cpu())
         _add(state, f"{key}/sum", (a * v).sum(0).cpu())
         _add(state, f"{key}/sumsq", (a * a * v).sum(0).cpu())
@@ -418,6 +419,7 @@ def predictivity(
         )
     same_n = len({p[2][chosen[0].name].shape for p in per_prompt}) == 1
     meta = _meta(prompts, positions, asked, dev, train, baselines, one_vs_rest)
+    meta["model_dtype"] = dtype_name(model.dtype)
     task_name = getattr(dev, "task", getattr(task, "name", None))
     extra = {"accuracy": mean(1), **{f"baseline_{k}": p[3] for k, p in enumerate(per_prompt)}}
     return NeuronScores(

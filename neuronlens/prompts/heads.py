@@ -44,6 +44,7 @@ from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchErro
 from neuronlens.models.families import ModelKind
 from neuronlens.models.layout import Layout, Placement
 from neuronlens.models.model import Encoded, NeuronModel
+from neuronlens.models.placement import widen
 
 _MARK = "\x00"
 
@@ -184,12 +185,13 @@ class Verbalizer(Head):
         placement = self.placement(model)
         if model.kind is ModelKind.ENCODER_DECODER:
             logits = model.forward(batch, prompt=prompt, embeds_require_grad=embeds_require_grad)
-            return logits[:, 0, self.token_ids]
+            return logits[:, 0, self.token_ids.to(logits.device)].float()
         hidden, layout = model.hidden_states(
             batch, prompt=prompt, placement=placement, embeds_require_grad=embeds_require_grad
         )
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return model.lm_logits(hidden[rows, layout.answer])[:, self.token_ids]
+        logits = model.lm_logits(hidden[rows, layout.answer.to(hidden.device)])
+        return logits[:, self.token_ids.to(logits.device)].float()  # float32 from any dtype
 
 
 class LinearHead(Head):
@@ -237,9 +239,9 @@ class LinearHead(Head):
         *,
         embeds_require_grad: bool = False,
     ) -> Tensor:
-        return self.linear(
-            self.pooled(model, batch, prompt, embeds_require_grad=embeds_require_grad)
-        )
+        pooled = self.pooled(model, batch, prompt, embeds_require_grad=embeds_require_grad)
+        w = self.linear.weight  # float32 master weights on a half-precision model too
+        return self.linear(pooled.to(w.device, w.dtype))
 
     def pooled(
         self,
@@ -249,7 +251,8 @@ class LinearHead(Head):
         *,
         embeds_require_grad: bool = False,
     ) -> Tensor:
-        """``[B, d_model]``: the (pooled) last hidden state this head reads."""
+        """``[B, d_model]``: the (pooled) last hidden state this head reads, in float32 when
+        the model runs in half precision (the mean is taken in float32)."""
         hidden, layout = model.hidden_states(
             batch,
             prompt=prompt,
@@ -262,16 +265,17 @@ class LinearHead(Head):
                 f"{model.name} has d_model {hidden.shape[-1]}: use a head made for this model "
                 "(head='linear', or the head of a prompt tuned on it)"
             )
+        hidden = widen(hidden)
         if self.readout == "prompt":
             rows = torch.arange(hidden.shape[0], device=hidden.device)
-            return hidden[rows, layout.answer]
+            return hidden[rows, layout.answer.to(hidden.device)]
         return _mean_pool(hidden, layout, self.pool == "all")
 
 
 def _mean_pool(hidden: Tensor, layout: Layout, with_prompt: bool) -> Tensor:
-    mask = layout.attention_mask.bool()
+    mask = layout.attention_mask.to(hidden.device).bool()
     if not with_prompt and layout.n_prompt:
-        mask = mask & ~layout.prompt_mask()
+        mask = mask & ~layout.prompt_mask().to(mask.device)
     if not layout.after_input and not with_prompt:  # the prompt is a prefix: slice it off
         p = layout.n_prompt
         hidden, mask = hidden[:, p:], mask[:, p:]

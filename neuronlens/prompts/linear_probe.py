@@ -21,6 +21,7 @@ from torch import Tensor
 
 from neuronlens.errors import NeuronLensError, NonFiniteActivationError
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import MASTER_DTYPE, dtype_name
 from neuronlens.progress import tqdm
 from neuronlens.prompts.heads import LinearHead, encode_task
 from neuronlens.prompts.results import PromptResult
@@ -183,7 +184,7 @@ def fit_linear_probe(
     with torch.no_grad():
         head.linear.weight.copy_(best[0].weight)
         head.linear.bias.copy_(best[0].bias)
-    head = head.to(model.device, model.dtype).requires_grad_(False)
+    head = head.to(model.device, MASTER_DTYPE).requires_grad_(False)
     return PromptResult(
         prompt=torch.zeros(0, model.d_model, device=model.device, dtype=model.dtype),
         head=head,
@@ -193,6 +194,7 @@ def fit_linear_probe(
         seed=0,
         model_name=model.name,
         model_kind=model.kind.value,
+        model_dtype=dtype_name(model.dtype),
         val_accuracy=best[1],
         history=history,
         train_size=len(train),

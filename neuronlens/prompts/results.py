@@ -18,6 +18,7 @@ from neuronlens.errors import NeuronLensError, NonFiniteActivationError, ShapeMi
 from neuronlens.interventions import as_interventions, intervene
 from neuronlens.io import load_result, save_result
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import MASTER_DTYPE, dtype_name
 from neuronlens.models.prefix import Prefix, attention_dims, sequence_positions
 from neuronlens.prompts.heads import Head, LinearHead, Verbalizer, class_logits, encode_task
 from neuronlens.tasks import get_task
@@ -28,14 +29,15 @@ DEFAULT_TOKENS = 100  # the robustness paper; SKELETON / SKIP use 20
 def init_prompt(model: NeuronModel, n_tokens: int, *, seed: int = 0) -> Tensor:
     """``[n_tokens, d_model]`` initialised from the embeddings of random vocabulary tokens.
 
-    ``n_tokens=0`` gives an empty prompt (the model sees the plain input)."""
+    ``n_tokens=0`` gives an empty prompt (the model sees the plain input). The prompt is
+    float32 (trained prompts are float32 master weights on a half-precision model too)."""
     checks.integer("n_tokens", n_tokens, minimum=0)
     special = set(model.tokenizer.all_special_ids)
     vocab = min(len(model.tokenizer), model.vocab_size)
     pool = torch.tensor([i for i in range(vocab) if i not in special])
     g = torch.Generator().manual_seed(seed)
     ids = pool[torch.randint(len(pool), (n_tokens,), generator=g)]
-    return model.input_embeddings.weight[ids.to(model.device)].detach().clone()
+    return model.input_embeddings.weight[ids.to(model.device)].detach().to(MASTER_DTYPE)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class PromptResult:
     history: list[dict] = field(default_factory=list)
     train_size: int = 0
     method: str = "prompt"
+    model_dtype: str = "float32"
 
     @property
     def is_prefix(self) -> bool:
@@ -78,6 +81,7 @@ class PromptResult:
         return {
             "model": self.model_name,
             "model_kind": self.model_kind,
+            "model_dtype": self.model_dtype,
             "hidden_size": self.d_model,
             "n_tokens": self.n_tokens,
             "head": self.head.kind,
@@ -111,13 +115,18 @@ class PromptResult:
         *,
         readout: str | None = None,
         other_model: bool = False,
+        any_dtype: bool = False,
     ) -> PromptResult:
         """Load a saved prompt for ``model``.
 
         A model of another name (unless ``other_model=True``: a prompt only means something
         in the embedding space it was tuned in), hidden size or kind, or a ``readout`` other
-        than the one the prompt was tuned with (when given), is an error. Files saved before
-        readouts were recorded load with the readout they were tuned with."""
+        than the one the prompt was tuned with (when given), is an error. So is a model in
+        another dtype than the one the prompt was tuned at (``any_dtype=True`` loads it
+        anyway: the prompt then meets activations it was not trained on). Files saved before
+        readouts were recorded load with the readout they were tuned with; files saved
+        before dtypes were recorded were tuned in float32. The prompt and head load as
+        float32 master weights, whatever the model's dtype."""
         tensors, meta = load_result(path, kind="soft_prompt")
         if meta["model"] != model.name and not other_model:
             raise NeuronLensError(
@@ -125,6 +134,7 @@ class PromptResult:
                 "load it into the model it was tuned on (a pruned model keeps its source's "
                 "name), or pass other_model=True if you mean to try it elsewhere"
             )
+        tuned_at = _check_dtype(path, meta, model, any_dtype)
         if meta.get("method") == "prefix":
             _check_prefix(path, tensors["prefix"], meta, model)
         elif meta["hidden_size"] != model.d_model:
@@ -158,7 +168,7 @@ class PromptResult:
             head = Verbalizer(model, meta["verbalizer"], readout=saved)
         head.requires_grad_(False)
         prompt = (Prefix(tensors["prefix"]) if "prefix" in tensors else tensors["prompt"]).to(
-            model.device, model.dtype
+            model.device, MASTER_DTYPE
         )
         result = cls(
             prompt=prompt,
@@ -173,9 +183,23 @@ class PromptResult:
             history=meta["history"],
             train_size=meta.get("train_size", 0),
             method=meta.get("method", "prompt"),
+            model_dtype=tuned_at,
         )
         _check_finite(result.prompt, result.head, str(path))
         return result
+
+
+def _check_dtype(path, meta: dict, model: NeuronModel, any_dtype: bool) -> str:
+    """The dtype a saved prompt was tuned at (float32 before dtypes were recorded), checked
+    against the model's unless ``any_dtype``."""
+    tuned_at = meta.get("model_dtype", "float32")
+    if tuned_at != dtype_name(model.dtype) and not any_dtype:
+        raise NeuronLensError(
+            f"{path}: the prompt was tuned on {meta['model']} in {tuned_at}, but "
+            f"{model.name} runs in {dtype_name(model.dtype)}; load the model in {tuned_at} "
+            f"(load_model(..., dtype={tuned_at!r})), or pass any_dtype=True to try it anyway"
+        )
+    return tuned_at
 
 
 def _check_finite(prompt: Tensor | Prefix | None, head: Head, where: str) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor
 import neuronlens.checks as checks
 from neuronlens.errors import EmptyDataError, NeuronLensError, ShapeMismatchError
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import MASTER_DTYPE, dtype_name
 from neuronlens.models.prefix import T5_REASON, Prefix, prefix_cache
 from neuronlens.progress import tqdm
 from neuronlens.prompts.heads import (
@@ -394,7 +395,7 @@ def _start_prompt(model, hd: Head, init, n_tokens: int, seed: int) -> Tensor:
             f"readout {hd.readout!r} puts {n_fixed} fixed token(s) at the start of the "
             f"prompt: n_tokens must be at least {n_fixed + 1}, got {start.shape[0]}"
         )
-    return start.to(model.device, model.dtype)
+    return start.to(model.device, MASTER_DTYPE)  # float32 master weights, any model dtype
 
 
 def tune_prompt(
@@ -498,13 +499,13 @@ def _prefix_setup(model, init, n_tokens: int, seed: int, hidden: int | None):
         raise NeuronLensError(f"{model.name}: {T5_REASON}")
     if isinstance(init, Prefix):
         prefix_cache(init, model.hf_model.config, 1)  # checks its shape against the model
-        return init.kv.detach().clone().to(model.device, model.dtype), Prefix, ()
+        return init.kv.detach().clone().to(model.device, MASTER_DTYPE), Prefix, ()
     if init is not None:
         raise NeuronLensError("init for prefix tuning is a Prefix (e.g. a tuned result's prompt)")
     checks.integer("n_tokens", n_tokens, minimum=1)
     encoder = PrefixEncoder(model.d_model, model.hf_model.config, hidden or 512)
     start = init_prompt(model, n_tokens, seed=seed)
-    return start, encoder, encoder_params(encoder, model.dtype, model.device)
+    return start, encoder, encoder_params(encoder, MASTER_DTYPE, model.device)
 
 
 def _p_tuning_setup(model, hd: Head, start: Tensor, hidden: int | None):
@@ -512,7 +513,7 @@ def _p_tuning_setup(model, hd: Head, start: Tensor, hidden: int | None):
     head's fixed rows."""
     fixed = hd.fixed_rows(model).to(start)
     encoder = PromptEncoder(model.d_model, hidden)
-    weights = encoder_params(encoder, model.dtype, model.device)
+    weights = encoder_params(encoder, MASTER_DTYPE, model.device)
 
     def make(trainable: Tensor) -> Tensor:
         return torch.cat([fixed, encoder(trainable)]) if len(fixed) else encoder(trainable)
@@ -552,6 +553,7 @@ def run_training(
         seed=seed,
         model_name=model.name,
         model_kind=model.kind.value,
+        model_dtype=dtype_name(model.dtype),
         val_accuracy=best,
         history=trainer.history,
         train_size=len(train),

@@ -49,6 +49,7 @@ _TYPES = {
     "per_layer": bool,
     "positions": str,
     "ablation": str,
+    "dtype": str,
     "prune_keep": (int, float),
     "retrain_steps": int,
     "cross_percent": (int, float),
@@ -58,6 +59,7 @@ _CHOICES = {
     "positions": POSITIONS,
     "ablation": ABLATIONS,
     "validation": VALIDATION,
+    "dtype": ("float32", "bfloat16", "float16"),
 }
 _AT_LEAST_1 = ("train_size", "eval_size", "n_tokens", "batch_size", "random_repeats")
 
@@ -135,6 +137,7 @@ class _Settings:
     random_repeats: int = 2
     per_layer: bool = True
     ablation: str = "zero"
+    dtype: str = "float32"  # what the model runs in (prompts and heads train in float32)
 
     def training(self) -> TrainingSettings:
         """The prompt-training settings of this study."""

@@ -487,7 +487,7 @@ def run_multitask_study(
     out = check_out(out)
     # what can refuse the config runs before the folder is touched: tasks, data, first model
     splits = {spec.name: task_splits(cfg, spec, log) for spec in cfg.tasks}
-    first = load_study_model(cfg.models[0])
+    first = load_study_model(cfg.models[0], cfg.dtype)
     summary: dict = {
         "models": {},
         "tasks": [t.name for t in cfg.tasks],
@@ -498,7 +498,7 @@ def run_multitask_study(
         write_text_atomic(out / "config.json", json_text(_jsonable(cfg), indent=2))
         for i, name in enumerate(cfg.models, start=1):
             log(f"model {i} of {len(cfg.models)}: {name}")
-            model = first if i == 1 else load_study_model(name)
+            model = first if i == 1 else load_study_model(name, cfg.dtype)
             if model.name in summary["models"]:
                 raise ConfigError(
                     f"models {cfg.models} name the same model {model.name!r} twice; list it once"

@@ -39,6 +39,7 @@ Config (TOML; every field optional except ``model`` and ``task``)::
                                 # LM's prompt precedes the input, else "prompt"
     per_layer = true            # top neurons per layer (both original implementations)
     ablation = "zero"           # "zero", "mean" (train mean over all positions), "noise"
+    dtype = "float32"           # what the model runs in: "float32", "bfloat16", "float16"
     prune_keep = 0.5
 """
 
@@ -81,16 +82,18 @@ from neuronlens.tasks import get_task, sentence_disjoint_split
 from neuronlens.tasks.synthetic import toy_vocabulary
 
 
-def load_study_model(name: str):
+def load_study_model(name: str, dtype: str = "float32"):
+    """The model a study config names (``minilm``, ``smollm2``, ``tiny:FAMILY``, or a hub
+    name / directory), in ``dtype``."""
     if name == "minilm":
-        return load_minilm()
+        return load_minilm(dtype=dtype)
     if name == "smollm2":
-        return load_smollm2()
+        return load_smollm2(dtype=dtype)
     if name.startswith("tiny:"):  # tiny random model for quick checks, e.g. "tiny:bert"
         tok = tiny_tokenizer(extra_words=toy_vocabulary())  # also runs the built-in toy task
         hf = tiny_hf_model(name[5:], d_model=32, heads=4, d_mlp=48, vocab=len(tok))
-        return load_model(hf, tok, name=name)
-    return load_model(name)
+        return load_model(hf, tok, name=name, dtype=dtype)
+    return load_model(name, dtype=dtype)
 
 
 def study_data(cfg: StudyConfig, task, eval_split: str | None = None, log=print) -> tuple:
@@ -403,7 +406,7 @@ def run_study(
     check_images(images)
     out = check_out(out)
     # everything that can refuse the config runs before the folder is touched
-    model = load_study_model(cfg.model)
+    model = load_study_model(cfg.model, cfg.dtype)
     task = study_task(cfg.task)
     eval_split = cfg.eval_split or task.eval_split
     train, val, val_from = study_data(cfg, task, eval_split, log=log)

@@ -60,10 +60,12 @@ def data_id(*splits) -> str:
 
 
 def model_id(model) -> dict:
-    """What identifies a model: name, sites and widths, and a fingerprint of its weights."""
+    """What identifies a model: name, dtype, sites and widths, and a fingerprint of its
+    weights."""
     emb = model.input_embeddings.weight[:256].detach().float().cpu().numpy().tobytes()
     return {
         "name": model.name,
+        "dtype": str(model.dtype).removeprefix("torch."),
         "widths": {s.name: s.width for s in model.sites},
         "weights": hashlib.sha256(emb).hexdigest()[:16],
     }
