@@ -137,9 +137,15 @@ def reduce_state(state: State) -> State:
     dist = _dist()
     if dist is None:
         return state
+    on_gpu = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only
     for key in sorted(state):
         t = state[key]
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if on_gpu:
+            moved = t.to(f"cuda:{torch.cuda.current_device()}")
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            t.copy_(moved.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return state
 
 
