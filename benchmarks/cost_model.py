@@ -58,6 +58,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from neuronlens.models.placement import dtype_name  # noqa: E402
+
 METHODS = ("plain", "capture", "predictivity", "attribution")
 PASSES = {"plain": 1, "capture": 1, "predictivity": 2, "attribution": 1}
 """Batches of B examples each method runs per measurement (predictivity: train + dev)."""
@@ -305,7 +307,7 @@ def meta_info(shape: Shape) -> dict:
         "n_neurons": int(model.n_neurons),
         "d_model": int(model.d_model),
         "vocab": int(model.vocab_size),
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": dtype_name(model.dtype),
         "device": str(model.device),
         "meta_load_s": round(time.perf_counter() - t0, 2),
     }
@@ -431,7 +433,7 @@ def measure_config(cfg: Config, repeats: int, dtype: torch.dtype) -> dict:
     runs = method_runs(model, raw, cfg)
     out: dict = {
         "config": {"shape": asdict(cfg.shape), "batch": cfg.batch, "seq": cfg.seq},
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "threads": torch.get_num_threads(),
         "rss_baseline_bytes": rss0,
         "rss_loaded_bytes": rss_loaded,
@@ -929,7 +931,7 @@ def run(args) -> dict:
     summary = {
         "benchmark": "cost_model",
         "quick": args.quick,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "measure_s": round(t_measure, 1),

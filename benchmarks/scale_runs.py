@@ -61,6 +61,8 @@ from cost_model import (  # noqa: E402
     word_task,
 )
 
+from neuronlens.models.placement import dtype_name  # noqa: E402
+
 RUNS = {
     "a": ("Llama-3.2-1B shape", Shape(16, 2048, 8192, vocab=128256, heads=32, kv_heads=8)),
     "b": (
@@ -436,7 +438,7 @@ def main(argv=None) -> dict:
     summary: dict = {
         "benchmark": "scale_runs",
         "quick": args.quick,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "threads": torch.get_num_threads(),
         "cost_model": cm.path if cm else None,
         "cost_model_time_model": cm.model if cm else None,

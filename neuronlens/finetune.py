@@ -19,6 +19,7 @@ import neuronlens.checks as checks
 from neuronlens.errors import NeuronLensError
 from neuronlens.models.loading import load_model
 from neuronlens.models.model import NeuronModel
+from neuronlens.models.placement import dtype_name
 from neuronlens.prompts.heads import make_head, promptless_readout
 from neuronlens.prompts.results import PromptResult
 from neuronlens.prompts.tuning import TrainingSettings, run_training, training_splits
@@ -69,7 +70,7 @@ def fine_tune(
     checks.number("weights_lr", weights_lr, low=0, finite=True)
     if model.dtype != torch.float32:
         raise NeuronLensError(
-            f"{model.name} runs in {str(model.dtype).removeprefix('torch.')}: fine-tuning "
+            f"{model.name} runs in {dtype_name(model.dtype)}: fine-tuning "
             "updates the model's own weights, and in half precision AdamW would update them "
             "without float32 master copies (updates below their precision are lost). Load "
             "the model with dtype=torch.float32 to fine-tune it; soft prompts, prefixes and "

@@ -150,7 +150,7 @@ def _pretrained(model, dtype, name, has_lm_head, where: dict, device):
         with torch.device("meta"):
             hf = cls(config)
         if isinstance(dtype, torch.dtype):
-            hf = hf.to(dtype)
+            cast_floats(hf, dtype)
         return hf, family, name or source, True if has_lm_head is None else has_lm_head, source
     with quiet_transformers():
         hf, info = cls.from_pretrained(
@@ -159,8 +159,8 @@ def _pretrained(model, dtype, name, has_lm_head, where: dict, device):
             output_loading_info=True,
             **where,
         )
-    if not where:
-        hf = place_built(hf, device, where)
+    if not where:  # one device: moved after loading (a device_map placed it already)
+        hf = place_built(hf, device, {})
     missing = list(info.get("missing_keys", []))
     head_missing = bool(family.head_prefixes) and any(
         k.startswith(family.head_prefixes) for k in missing

@@ -62,14 +62,6 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def dtype_from_name(name: str) -> torch.dtype:
-    """The inverse of :func:`dtype_name` for the floating dtypes."""
-    value = resolve_dtype(name)
-    if not isinstance(value, torch.dtype):
-        raise NeuronLensError(f"not a dtype name: {name!r}")
-    return value
-
-
 def _check_device(device) -> torch.device:
     try:
         dev = torch.device(device)

@@ -39,6 +39,7 @@ from neuronlens.io import atomic_dir, file_sha256, json_text, library_versions
 from neuronlens.models.families import Family, family_for_architecture
 from neuronlens.models.loading import draw_head, load_model, quiet_transformers
 from neuronlens.models.model import NeuronModel, config_head_dim
+from neuronlens.models.placement import dtype_name
 from neuronlens.pruning.prune import PruningRecord
 from neuronlens.pruning.surgery import (
     gathered_inputs,
@@ -104,7 +105,7 @@ def save_pruned(model: NeuronModel, path: str | os.PathLike) -> Path:
         "name": model.name,
         "family": model.family.name,
         "has_lm_head": model.has_lm_head,
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": dtype_name(model.dtype),
         "sites": [[s.stack, s.layer, s.width] for s in sites],
         "heads": _head_rows(model, hf) if any(k.endswith(".heads") for k in record.kept) else [],
         "attn_out": _gather_rows(model, hf),

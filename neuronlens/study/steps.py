@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 
 import neuronlens as nl
 from neuronlens.errors import NeuronLensError
+from neuronlens.models.placement import dtype_name
 from neuronlens.study.records import changed_files, finish_record, read_record, start_record
 
 
@@ -65,7 +66,7 @@ def model_id(model) -> dict:
     emb = model.input_embeddings.weight[:256].detach().float().cpu().numpy().tobytes()
     return {
         "name": model.name,
-        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype": dtype_name(model.dtype),
         "widths": {s.name: s.width for s in model.sites},
         "weights": hashlib.sha256(emb).hexdigest()[:16],
     }
