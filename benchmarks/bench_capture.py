@@ -15,7 +15,6 @@ The last line printed is one JSON object with the measured ratios (target: captu
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import os
@@ -25,7 +24,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from common import random_batch  # noqa: E402
+from common import random_batch, with_attention  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.models import Encoded  # noqa: E402
@@ -90,7 +89,7 @@ def main() -> None:
         "bert", layers=12, d_model=768, d_mlp=3072, heads=12, vocab=30522, max_positions=512
     )
     hf = hf.to(dtype)
-    raw = copy.deepcopy(hf)
+    raw = with_attention(hf)  # eager, as the bridge runs it
     model = nl.load_model(hf, tiny_tokenizer(), name="bert-base-random")
     results.append(
         measure(
@@ -109,7 +108,9 @@ def main() -> None:
         from neuronlens.models.assets import minilm_dir
 
         model = nl.load_minilm(dtype=dtype)
-        raw = BertForMaskedLM.from_pretrained(minilm_dir(), dtype=dtype).eval()
+        raw = BertForMaskedLM.from_pretrained(
+            minilm_dir(), dtype=dtype, attn_implementation="eager"
+        ).eval()
         results.append(
             measure(
                 "all-MiniLM-L6-v2",

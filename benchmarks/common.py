@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 import neuronlens as nl
@@ -18,3 +20,16 @@ def random_batch(model: nl.NeuronModel, batch: int, length: int, seed: int = 0) 
         attention_mask=torch.ones_like(ids),
         token_type_ids=torch.zeros_like(ids) if model.family.name == "bert" else None,
     )
+
+
+def with_attention(hf: torch.nn.Module, impl: str = "eager") -> torch.nn.Module:
+    """A copy of ``hf`` running attention ``impl`` (``"eager"``, what the bridge forces, or
+    ``"sdpa"``): the plain baselines of the benchmarks, so a ratio compares like with like."""
+    out = copy.deepcopy(hf)
+    if hasattr(out, "set_attn_implementation"):
+        out.set_attn_implementation(impl)
+    else:
+        out.config._attn_implementation = impl
+    if out.config._attn_implementation != impl:
+        raise RuntimeError(f"could not set attn_implementation={impl!r}")
+    return out.eval()

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import gc
 import json
@@ -54,9 +53,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # common.py, also when imported from tests
+    sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import with_attention  # noqa: E402
 
 from neuronlens.models.placement import dtype_name  # noqa: E402
 
@@ -275,7 +278,7 @@ def load(shape: Shape, dtype: torch.dtype, *, keep_plain: bool = False, seed: in
     hf = build_hf(shape, seed, dtype)
     raw = None
     if keep_plain:
-        raw = copy.deepcopy(hf)
+        raw = with_attention(hf)  # eager, as the bridge runs it
         cast_floats(raw, dtype)
         raw.requires_grad_(False)
     model = nl.load_model(hf, tokenizer_for(shape), dtype=dtype, name=f"random-{shape.layers}L")

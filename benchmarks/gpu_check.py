@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import datetime
 import gc
@@ -67,7 +66,7 @@ if str(HERE) not in sys.path:  # common.py / bench_pruning.py, also when importe
     sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from common import random_batch  # noqa: E402
+from common import random_batch, with_attention  # noqa: E402
 
 import neuronlens as nl  # noqa: E402
 from neuronlens.capture import CaptureData  # noqa: E402
@@ -304,18 +303,6 @@ def cast_like_library(module: torch.nn.Module, dtype: torch.dtype, device) -> to
     except ImportError:  # older tree: plain cast
         module.to(dtype)
     return module.to(device)
-
-
-def with_attention(hf: torch.nn.Module, impl: str) -> torch.nn.Module:
-    """A copy of ``hf`` running attention ``impl`` (``"eager"`` / ``"sdpa"``)."""
-    out = copy.deepcopy(hf)
-    if hasattr(out, "set_attn_implementation"):
-        out.set_attn_implementation(impl)
-    else:
-        out.config._attn_implementation = impl
-    if out.config._attn_implementation != impl:
-        raise RuntimeError(f"could not set attn_implementation={impl!r}")
-    return out.eval()
 
 
 def make_prompt_result(model: nl.NeuronModel, head, n_tokens: int, seed: int, task="check"):

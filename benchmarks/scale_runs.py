@@ -229,6 +229,28 @@ def run_steps(
         ),
         examples=n_attr,
     )
+    n_a32 = examples.get("attribution_float32", 0)
+    if n_a32 and dtype != torch.float32:  # what to run on a CPU, whose bf16 backward is slow
+        a32 = _step(
+            rec,
+            "attribution_float32",
+            lambda: nl.attribute(
+                model,
+                pr,
+                task,
+                train,
+                n=n_a32,
+                batch_size=batch,
+                include_prompt=True,
+                progress=False,
+                compute_dtype=torch.float32,
+            ),  # fmt: skip
+            examples=n_a32,
+        )
+        if a32 is not None and attr is not None:
+            rec["attribution_float32"]["spearman_vs_model_dtype_min"] = round(
+                min(r for r in a32.spearman(attr).rho.values() if r == r), 4
+            )
 
     def suppression():
         data = dev.take(n_sup)
@@ -411,6 +433,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--vocab", type=int, default=None, help="override run (a)'s vocabulary")
     ap.add_argument("--examples", type=int, default=None, help="per split (default 16; 8 quick)")
     ap.add_argument("--attr-examples", type=int, default=None, help="default: --examples")
+    ap.add_argument(
+        "--attr-float32-examples",
+        type=int,
+        default=None,
+        help="attribution with compute_dtype=float32 on a half-precision model (64; 4 quick; 0 "
+        "to skip); never shrunk by --max-step-s",
+    )
     ap.add_argument("--length", type=int, default=None, help="tokens per example, prompt included")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=None, help="speed repeats (3; 1 quick)")
@@ -432,6 +461,8 @@ def main(argv=None) -> dict:
         "attribution": args.attr_examples or n,
         "suppression": n,
     }
+    a32 = args.attr_float32_examples
+    extra = {"attribution_float32": (4 if args.quick else 64) if a32 is None else a32}
     path = Path(args.cost_model)
     cm = CostModel(path) if path.is_file() else None
     runs = QUICK_RUNS if args.quick else RUNS
@@ -458,7 +489,7 @@ def main(argv=None) -> dict:
         pilot_rec = None
         if not args.no_pilot:
             print(f" pilot {asdict(pilot)}", flush=True)
-            pilot_rec = run_steps(pilot, dtype=dtype, examples=requested, length=length,
+            pilot_rec = run_steps(pilot, dtype=dtype, examples={**requested, **extra}, length=length,
                                   batch=batch, repeats=repeats, speed_batch=args.speed_batch)  # fmt: skip
             trim()
         chosen, plan = plan_examples(
@@ -466,7 +497,7 @@ def main(argv=None) -> dict:
         )
         print(f" plan {json.dumps(plan)} -> examples {chosen}", flush=True)
         t0 = time.perf_counter()
-        rec = run_steps(shape, dtype=dtype, examples=chosen, length=length, batch=batch,
+        rec = run_steps(shape, dtype=dtype, examples={**chosen, **extra}, length=length, batch=batch,
                         repeats=repeats, speed_batch=args.speed_batch, plan=plan)  # fmt: skip
         corr = {s: plan[s].get("pilot_ratio") for s in plan}
         compare(cm, shape, rec, length, batch, corr, args.speed_batch)
@@ -521,6 +552,7 @@ def markdown(summary: dict) -> str:
             "capture",
             "predictivity",
             "attribution",
+            "attribution_float32",
             "suppression",
             "prune",
             "speed",
@@ -550,6 +582,12 @@ def markdown(summary: dict) -> str:
                 f"{sp['unpruned_s']} s unpruned, speed-up {sp['speedup']} (FLOP ceiling "
                 f"{sp['flop_ceiling']}, predicted {sp.get('predicted_speedup')}).",
             ]
+        a32 = st.get("attribution_float32", {})
+        if "spearman_vs_model_dtype_min" in a32:
+            lines += ["", "attribution_float32: `compute_dtype=torch.float32` on the "
+                      f"{summary['dtype']} model; lowest per-layer Spearman ρ against the "
+                      f"{summary['dtype']} attribution {a32['spearman_vs_model_dtype_min']} "
+                      "(different example counts when that step was shrunk)."]  # fmt: skip
         sup = st.get("suppression", {}).get("accuracy")
         if sup:
             lines += ["", f"Suppression (1 %, zero): {sup}."]

@@ -260,3 +260,10 @@ def test_predictivity_refuses_dev_labels_of_one_class(env):
         nl.predictivity(model, pr, task, ones, train=train)  # predictivity ~0.67 before
     with pytest.raises(DataError, match=r"all not class 0 \(one_vs_rest=0\)"):
         nl.predictivity(model, pr, task, ones, train=train, one_vs_rest=0)
+
+
+def test_evaluate_of_an_unregistered_task_asks_for_it(env):
+    model, task, pr, train, dev, skill = env
+    with pytest.raises(NeuronLensError, match=r"not registered.*task=my_task"):
+        nl.evaluate(model, pr, dev)
+    assert nl.evaluate(model, pr, dev, task=task).n == len(dev)

@@ -154,6 +154,57 @@ def test_bf16_attribution_matches_a_float32_product_reference():
     assert torch.allclose(got.scores[site.name].double(), want.float().double(), rtol=1e-3)
 
 
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.hf_model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_compute_dtype_runs_a_bf16_model_in_float32_and_restores_it(family):
+    """compute_dtype='float32' on a bf16 model gives the scores of a float32 model holding
+    the bf16 weights (widened), and leaves the bf16 weights bit for bit as they were."""
+    hf = tiny_hf_model(family, seed=3, d_model=32, d_mlp=64, heads=4).to(torch.bfloat16)
+    widened = nl.load_model(copy.deepcopy(hf).float(), tiny_tokenizer(), name="w")
+    m16 = nl.load_model(hf, tiny_tokenizer(), name="b", dtype="bf16")
+    before = _weights(m16)
+    task = word_task(40)
+    train, dev = task.load("train"), task.load("dev")
+    pr = fake_prompt(widened, task, seed=1)
+    kw = {"n": None, "batch_size": 8, "progress": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a causal LM's last layer has no path: all zero
+        want = nl.attribute(widened, pr, task, train, **kw)
+        got = nl.attribute(m16, pr, task, train, compute_dtype="float32", **kw)
+    assert got.meta["model_dtype"] == "bfloat16" and got.meta["compute_dtype"] == "float32"
+    for s in want.sites:
+        assert torch.allclose(got.scores[s.name], want.scores[s.name], rtol=1e-5, atol=1e-7)
+    pos = Pooled(AllTokens(include_prompt=False))
+    p_want = nl.predictivity(widened, pr, task, dev, train=train, positions=pos, progress=False)
+    p_got = nl.predictivity(m16, pr, task, dev, train=train, positions=pos, progress=False,
+                            compute_dtype=torch.float32)  # fmt: skip
+    assert p_got.meta["compute_dtype"] == "float32"
+    for s in p_want.sites:
+        assert torch.equal(p_got.scores[s.name], p_want.scores[s.name])
+    after = _weights(m16)
+    assert m16.dtype == torch.bfloat16
+    assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k])
+               for k in before)  # fmt: skip
+
+
+def test_compute_dtype_restores_the_weights_when_the_call_raises():
+    m16 = _pair("gpt2")[1]
+    before = _weights(m16)
+    with pytest.raises(RuntimeError, match="boom"), m16.computing_in("float32"):
+        assert m16.dtype == torch.float32
+        raise RuntimeError("boom")
+    after = _weights(m16)
+    assert m16.dtype == torch.bfloat16
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(NeuronLensError, match="narrower"), _pair("gpt2")[0].computing_in("bf16"):
+        pass
+    with pytest.raises(NeuronLensError, match="dtype"), m16.computing_in("float64"):
+        pass
+
+
 def test_bf16_prompt_trains_float32_master_weights(tmp_path):
     m32, m16 = _pair("bert")
     task = word_task(64)
@@ -322,6 +373,19 @@ def test_a_meta_directory_load_reads_no_weights(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not weights")  # never read
     model = nl.load_model(tmp_path, device="meta")
     assert model.device.type == "meta" and model.n_neurons == 2 * 24
+
+
+def test_a_meta_load_tells_a_checkpoint_without_its_lm_head(tmp_path):
+    """A BERT saved without its MLM head (as all-MiniLM-L6-v2 is) is an encoder on the meta
+    device too, read from the checkpoint's key names, as a real load finds it."""
+    hf = tiny_hf_model("bert")
+    for sub, module in (("with", hf), ("without", hf.bert)):
+        module.save_pretrained(tmp_path / sub)
+        tiny_tokenizer().save_pretrained(tmp_path / sub)
+        real = nl.load_model(tmp_path / sub)
+        meta = nl.load_model(tmp_path / sub, device="meta")
+        assert meta.kind == real.kind and meta.has_lm_head == real.has_lm_head
+        assert real.has_lm_head == (sub == "with")
 
 
 # --------------------------------------------------------------------------- real models

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 from pathlib import Path
@@ -151,7 +152,14 @@ def _pretrained(model, dtype, name, has_lm_head, where: dict, device):
             hf = cls(config)
         if isinstance(dtype, torch.dtype):
             cast_floats(hf, dtype)
-        return hf, family, name or source, True if has_lm_head is None else has_lm_head, source
+        if has_lm_head is None:  # a head the checkpoint lacks, read from its key names
+            keys = checkpoint_keys(source)
+            has_lm_head = not (
+                keys is not None
+                and family.head_prefixes
+                and not any(k.startswith(family.head_prefixes) for k in keys)
+            )
+        return hf, family, name or source, has_lm_head, source
     with quiet_transformers():
         hf, info = cls.from_pretrained(
             source,
@@ -169,6 +177,35 @@ def _pretrained(model, dtype, name, has_lm_head, where: dict, device):
         draw_head(hf)
     head = (not head_missing) if has_lm_head is None else has_lm_head
     return hf, family, name or source, head, source
+
+
+def checkpoint_keys(source: str) -> list[str] | None:
+    """The tensor names a local checkpoint directory holds, read from its file headers only
+    (safetensors headers and index, or a memory-mapped ``pytorch_model.bin``); ``None`` when
+    ``source`` is not a local directory with one of those files, or they cannot be read."""
+    local = Path(source)
+    if not local.is_dir():
+        return None
+    try:
+        return _keys_in(local)
+    except Exception:  # noqa: BLE001 - unreadable headers: the head cannot be told, not an error
+        return None
+
+
+def _keys_in(local: Path) -> list[str] | None:
+    index = [local / f"{stem}.index.json" for stem in ("model.safetensors", "pytorch_model.bin")]
+    for path in index:
+        if path.is_file():
+            return list(json.loads(path.read_text())["weight_map"])
+    if (local / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(local / "model.safetensors"), framework="pt") as f:
+            return list(f.keys())
+    if (local / "pytorch_model.bin").is_file():
+        state = torch.load(local / "pytorch_model.bin", mmap=True, weights_only=True)
+        return list(state)
+    return None
 
 
 def draw_head(hf: transformers.PreTrainedModel, seed: int = HEAD_SEED) -> None:

@@ -22,7 +22,7 @@ from neuronlens.errors import (
 from neuronlens.models.attention_heads import GatherLinear
 from neuronlens.models.families import Family, ModelKind
 from neuronlens.models.layout import Layout, Placement, make_layout, place_prompt
-from neuronlens.models.placement import devices_of, dtype_name
+from neuronlens.models.placement import computing_in, devices_of, dtype_name
 from neuronlens.models.prefix import T5_REASON, Prefix, input_positions, prefix_cache
 from neuronlens.models.sites import Site, SiteSpec, module_kinds, resolve_site, resolve_sites
 
@@ -130,6 +130,13 @@ class NeuronModel:
         """Every device the weights live on (several under a ``device_map``); inputs go to
         :attr:`device`, the embedding's."""
         return devices_of(self.hf_model)
+
+    def computing_in(self, dtype) -> contextlib.AbstractContextManager:
+        """A block in which the model runs in ``dtype`` (e.g. ``"float32"`` for a bfloat16
+        model on a CPU, whose bfloat16 backward is slow); the weights are cast back, exactly,
+        when the block ends. ``None``: the model's own dtype. See ``compute_dtype=`` of
+        :func:`~neuronlens.attribute` and :func:`~neuronlens.predictivity`."""
+        return computing_in(self.hf_model, dtype)
 
     def _where(self) -> str:
         devs = self.devices

@@ -18,6 +18,9 @@ What the rest of neuronlens does with the precision:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -160,6 +163,46 @@ def cast_floats(module: torch.nn.Module, dtype: torch.dtype) -> None:
     for name, b in module.named_buffers():
         if b.is_floating_point() and b.dtype != dtype and "inv_freq" not in name:
             b.data = b.data.to(dtype)
+
+
+@contextlib.contextmanager
+def computing_in(module: torch.nn.Module, dtype) -> Iterator[None]:
+    """Run ``module`` in ``dtype`` inside the block, then cast it back, also when the block
+    raised. ``None``: as it is. Widening a half-precision model to float32 and back is exact,
+    so the weights after the block are bit for bit those before; the block holds the wider
+    copy (float32 weights take twice the memory of bfloat16 ones)."""
+    target = resolve_dtype(dtype)
+    if target == "auto":
+        raise NeuronLensError("compute_dtype must be a dtype (e.g. 'float32') or None, not 'auto'")
+    before = {name: p.dtype for name, p in module.named_parameters() if p.is_floating_point()}
+    if target is None or all(d == target for d in before.values()):
+        yield
+        return
+    narrowing = any(_bits(target) < _bits(d) for d in before.values())
+    if narrowing:
+        raise NeuronLensError(
+            f"compute_dtype={dtype_name(target)} is narrower than the model's weights: casting "
+            "back would not restore them. Load the model in that dtype instead"
+        )
+    buffers = {
+        name: b.dtype
+        for name, b in module.named_buffers()
+        if b.is_floating_point() and "inv_freq" not in name
+    }
+    cast_floats(module, target)
+    try:
+        yield
+    finally:
+        for name, p in module.named_parameters():
+            if name in before and p.dtype != before[name]:
+                p.data = p.data.to(before[name])
+        for name, b in module.named_buffers():
+            if name in buffers and b.dtype != buffers[name]:
+                b.data = b.data.to(buffers[name])
+
+
+def _bits(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits
 
 
 def widen(t: Tensor) -> Tensor:

@@ -80,12 +80,17 @@ class AttributionMethod:
         max_length: int | None = 256,
         progress: bool | None = None,
         modules: str | Sequence[str] = "ffn",
+        compute_dtype=None,
     ) -> NeuronScores:
         """Scores of every unit at ``sites`` (default every site of ``modules`` the head
         reaches) on a seeded subset of ``n`` examples of ``data`` (``None``: all of them).
 
         ``modules``: ``"ffn"`` (neurons), ``"heads"`` (whole attention heads),
         ``"attn_out"`` (the attention output projection's inputs), ``"all"``, or a list.
+        ``compute_dtype``: run the forward and backward in this dtype (e.g. ``"float32"``
+        for a bfloat16 model on a CPU, where the bfloat16 backward is slow), with the
+        weights cast back afterwards (:meth:`NeuronModel.computing_in`); ``None``: the
+        model's own dtype.
         """
         model = self.model
         subset, chosen, meta = _prepare(model, tuned, data, n, seed, sites, include_prompt, modules)
@@ -99,7 +104,7 @@ class AttributionMethod:
             return tuned.head.class_logits(model, enc, prompt, embeds_require_grad=grads)
 
         prompt = tuned.prompt if tuned.n_tokens else None
-        run = ProbeRun(chosen, prompt, fwd, gold_logit, batch_size, progress)
+        run = ProbeRun(chosen, prompt, fwd, gold_logit, batch_size, progress, compute_dtype)
         probe = AttributionProbe(self, include_prompt)
         out = run_probe(model, probe, data_c, run=run, task=getattr(data, "task", None), meta=meta)
         _warn_if_dead(out, include_prompt)
@@ -152,7 +157,8 @@ class RandomScores(AttributionMethod):
     needs_grads = False
 
     def attribute(self, tuned, task, data, *, n=20, seed=0, sites=None, include_prompt=False,
-                  batch_size=16, max_length=256, progress=None, modules="ffn") -> NeuronScores:  # fmt: skip
+                  batch_size=16, max_length=256, progress=None, modules="ffn",
+                  compute_dtype=None) -> NeuronScores:  # fmt: skip
         _, chosen, meta = _prepare(self.model, tuned, data, n, seed, sites, include_prompt, modules)
         meta["model_dtype"] = dtype_name(self.model.dtype)
         g = torch.Generator().manual_seed(seed)
@@ -278,7 +284,8 @@ def attribute(
     ``method``: ``"attribution"`` (|activation x gradient|), ``"activation"``,
     ``"gradient"``, ``"random"``, or an :class:`AttributionMethod` class or instance;
     ``kwargs`` go to :meth:`AttributionMethod.attribute` (``n``, ``seed``, ``sites``,
-    ``modules``, ``include_prompt``, ``batch_size``, ``max_length``, ``progress``).
+    ``modules``, ``include_prompt``, ``batch_size``, ``max_length``, ``progress``,
+    ``compute_dtype``).
 
     A whole head (``modules="heads"``) scores ``|sum over its values of a * g|``, the
     gradient of the gold logit w.r.t. a gate scaling the head's output; ``"activation"``

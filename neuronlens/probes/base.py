@@ -46,7 +46,7 @@ from neuronlens.capture import (
 )
 from neuronlens.errors import EmptyDataError, NeuronLensError, SiteError
 from neuronlens.models.model import NeuronModel
-from neuronlens.models.placement import dtype_name
+from neuronlens.models.placement import dtype_name, resolve_dtype
 from neuronlens.models.sites import Site, SiteSpec
 from neuronlens.neurons import NeuronScores
 
@@ -162,6 +162,7 @@ class ProbeRun:
     objective: Callable | None = None
     batch_size: int = 32
     progress: bool | None = None
+    compute_dtype: object = None  # None: the model's dtype; else model.computing_in(it)
 
     @classmethod
     def of(cls, run: ProbeRun | None = None, **fields_) -> ProbeRun:
@@ -206,6 +207,14 @@ def collect_state(
             "attention output's features one by one with modules='attn_out'"
         )
     state = probe.init_state(chosen)
+    with model.computing_in(run.compute_dtype):
+        _capture_into(model, probe, state, cdata, chosen, run)
+    if distributed:
+        state = reduce_state(state)
+    return state, chosen, n_total
+
+
+def _capture_into(model, probe, state, cdata, chosen, run) -> None:
     capture(
         model,
         cdata,
@@ -219,9 +228,12 @@ def collect_state(
         batch_size=run.batch_size,
         progress=run.progress,
     )
-    if distributed:
-        state = reduce_state(state)
-    return state, chosen, n_total
+
+
+def compute_dtype_name(model: NeuronModel, run: ProbeRun) -> str:
+    """The name of the dtype ``run`` computes in on ``model``."""
+    target = resolve_dtype(run.compute_dtype)
+    return dtype_name(model.dtype if target is None else target)
 
 
 def run_probe(
@@ -241,8 +253,11 @@ def run_probe(
     Examples:
         >>> rates = run_probe(model, FiringRate(), texts, batch_size=16)  # doctest: +SKIP
     """
-    state, chosen, n = collect_state(model, probe, data, run=run, labels=labels, **options)
-    info = ProbeInfo(model, n, dict(meta or {}))
+    distributed = options.pop("distributed", True)
+    run = ProbeRun.of(run, **options)
+    state, chosen, n = collect_state(model, probe, data, run=run, labels=labels,
+                                     distributed=distributed)  # fmt: skip
+    info = ProbeInfo(model, n, {"compute_dtype": compute_dtype_name(model, run), **(meta or {})})
     scores = probe.finish(state, chosen, info)
     return NeuronScores(
         {k: v.float() for k, v in scores.items()},

@@ -58,7 +58,7 @@ from neuronlens.positions import (
     positions_spec,
     warn_if_elsewhere,
 )
-from neuronlens.probes.base import Probe, ProbeRun, State, collect_state
+from neuronlens.probes.base import Probe, ProbeRun, State, collect_state, compute_dtype_name
 from neuronlens.prompts.heads import render_texts
 from neuronlens.prompts.results import PromptResult
 
@@ -249,6 +249,7 @@ class _Inputs:
     batch_size: int
     max_length: int | None
     progress: bool | None
+    compute_dtype: object = None
 
 
 def _one_prompt(model: NeuronModel, k: int, pr: PromptResult, x: _Inputs):
@@ -261,7 +262,8 @@ def _one_prompt(model: NeuronModel, k: int, pr: PromptResult, x: _Inputs):
         return head.class_logits(model, enc, prompt, embeds_require_grad=grads)
 
     prompt = pr.prompt if pr.n_tokens else None
-    run = ProbeRun(x.chosen, prompt, fwd, batch_size=x.batch_size, progress=x.progress)
+    run = ProbeRun(x.chosen, prompt, fwd, batch_size=x.batch_size, progress=x.progress,
+                   compute_dtype=x.compute_dtype)  # fmt: skip
     train_data = None
     if x.baselines is None:
         texts = render_texts(model, pr.head, x.task, x.train)
@@ -363,6 +365,7 @@ def predictivity(
     batch_size: int = 32,
     max_length: int | None = 256,
     progress: bool | None = None,
+    compute_dtype=None,
 ) -> NeuronScores:
     """Skill-neuron predictivity of every neuron at ``sites`` (default: every site the
     prompt reaches; the encoder for T5), averaged over the given prompts (one per seed).
@@ -387,6 +390,8 @@ def predictivity(
             cannot see the input are an error.
         one_vs_rest: for multi-class labels, the class probed against the rest (the dev
             labels must hold both classes, also after it).
+        compute_dtype: run the passes in this dtype (e.g. ``"float32"`` for a bfloat16
+            model on a CPU), casting the weights back afterwards; ``None``: the model's.
 
     Examples:
         >>> skill = predictivity(model, prompts, task, dev, train=train)  # doctest: +SKIP
@@ -402,7 +407,7 @@ def predictivity(
     positions, asked = _positions(positions, prompts, baselines)
     n_classes = getattr(task, "num_labels", None)
     x = _Inputs(task, dev, train, baselines, chosen, positions, _labels(dev, one_vs_rest, n_classes),
-                batch_size, max_length, progress)  # fmt: skip
+                batch_size, max_length, progress, compute_dtype)  # fmt: skip
     per_prompt = [_one_prompt(model, k, pr, x) for k, pr in enumerate(prompts)]
 
     def mean(i):
@@ -420,6 +425,7 @@ def predictivity(
     same_n = len({p[2][chosen[0].name].shape for p in per_prompt}) == 1
     meta = _meta(prompts, positions, asked, dev, train, baselines, one_vs_rest)
     meta["model_dtype"] = dtype_name(model.dtype)
+    meta["compute_dtype"] = compute_dtype_name(model, ProbeRun(compute_dtype=compute_dtype))
     task_name = getattr(dev, "task", getattr(task, "name", None))
     extra = {"accuracy": mean(1), **{f"baseline_{k}": p[3] for k, p in enumerate(per_prompt)}}
     return NeuronScores(

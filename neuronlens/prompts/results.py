@@ -21,7 +21,7 @@ from neuronlens.models.model import NeuronModel
 from neuronlens.models.placement import MASTER_DTYPE, dtype_name
 from neuronlens.models.prefix import Prefix, attention_dims, sequence_positions
 from neuronlens.prompts.heads import Head, LinearHead, Verbalizer, class_logits, encode_task
-from neuronlens.tasks import get_task
+from neuronlens.tasks import get_task, list_tasks
 
 DEFAULT_TOKENS = 100  # the robustness paper; SKELETON / SKIP use 20
 
@@ -309,7 +309,7 @@ def evaluate(
         >>> evaluate(model, tuned, dev, interventions=[Zero(top)])  # doctest: +SKIP
     """
     data = checks.split("evaluate's data", data)
-    task = task or get_task(data.task)
+    task = task or _registered(data.task)
     if tuned is not None:
         if tuned.label_space != task.label_space or len(tuned.label_names) != task.num_labels:
             raise NeuronLensError(
@@ -342,6 +342,17 @@ def evaluate(
         task=task.name,
         split=data.split,
     )
+
+
+def _registered(name: str):
+    """The registered task ``name``, for a split evaluated without ``task=``."""
+    if name not in list_tasks():
+        raise NeuronLensError(
+            f"evaluate got a split of task {name!r}, which is not registered, so its template "
+            "and label space are unknown: pass the task, evaluate(model, tuned, data, "
+            "task=my_task), or register it once with neuronlens.tasks.register_task(my_task)"
+        )
+    return get_task(name)
 
 
 def _check_logits(logits: Tensor, model: NeuronModel, task, ivs: list) -> None:
