@@ -33,6 +33,7 @@ from neuronlens.capture import (
 )
 from neuronlens.errors import NeuronLensError
 from neuronlens.interventions import Noise, Replace, Retain, Zero, intervene
+from neuronlens.logit_effect import logit_effect
 from neuronlens.models import (
     Family,
     ModelKind,
@@ -46,7 +47,7 @@ from neuronlens.models import (
 )
 from neuronlens.models.assets import load_minilm, load_smollm2
 from neuronlens.neurons import NeuronScores, NeuronSet
-from neuronlens.probes import Probe, attribute, predictivity, run_probe
+from neuronlens.probes import Probe, TopExamples, attribute, predictivity, run_probe, top_examples
 from neuronlens.prompts import PromptResult, evaluate, tune_prompt, tune_prompts
 from neuronlens.pruning import prune_model, skeleton_search, skip_search
 from neuronlens.tasks import get_task
@@ -74,6 +75,7 @@ __all__ = [
     "Retain",
     "RunningMean",
     "Site",
+    "TopExamples",
     "Stack",
     "Zero",
     "attribute",
@@ -86,12 +88,14 @@ __all__ = [
     "load_minilm",
     "load_model",
     "load_smollm2",
+    "logit_effect",
     "predictivity",
     "prune_model",
     "register_family",
     "run_probe",
     "skeleton_search",
     "skip_search",
+    "top_examples",
     "tune_prompt",
     "tune_prompts",
     "unregister_family",

@@ -3,6 +3,8 @@
 * :func:`predictivity` - skill-neuron predictivity (robustness paper eqs. 2-5);
 * :func:`attribute` - gradient x activation attribution and its baselines (SKELETON), each
   a method class with one call signature (:class:`GradientXActivation`, ...);
+* :func:`top_examples` - the examples that activate a neuron most, token by token (a
+  streaming top-k, mergeable like every probe);
 * :class:`Probe` / :func:`run_probe` - write your own; states merge across shards and
   processes (``torchrun``);
 * :class:`NeuronScores` / :class:`NeuronSet` - scores with metadata, top-k, random controls,
@@ -30,6 +32,13 @@ from neuronlens.probes.base import (
     run_probe,
 )
 from neuronlens.probes.predictivity import BaselineProbe, NeuronAccuracyProbe, predictivity
+from neuronlens.probes.top_examples import (
+    Example,
+    NeuronRecord,
+    TopExamples,
+    TopExamplesProbe,
+    top_examples,
+)
 
 __all__ = [
     "METHODS",
@@ -40,6 +49,11 @@ __all__ = [
     "GradientXActivation",
     "RandomScores",
     "BaselineProbe",
+    "Example",
+    "NeuronRecord",
+    "TopExamples",
+    "TopExamplesProbe",
+    "top_examples",
     "NeuronAccuracyProbe",
     "NeuronScores",
     "NeuronSet",
