@@ -53,6 +53,9 @@ class LogitEffect:
 
 
 def _final_norm(model: NeuronModel, site: Site) -> torch.nn.Module:
+    """The raw HF final norm (unwrapped from the bridge) the unembedding reads."""
+    from neuronlens.pruning.surgery import get_module
+
     hf = model.hf_model
     if model.family.kind is ModelKind.ENCODER_DECODER:
         if site.stack != "decoder_blocks":
@@ -61,7 +64,7 @@ def _final_norm(model: NeuronModel, site: Site) -> torch.nn.Module:
                 "cross-attention, not by the unembedding, so it has no direct logit effect; "
                 "pick a decoder site"
             )
-        return hf.decoder.final_layer_norm
+        return get_module(hf, "decoder.final_layer_norm")
     if model.family.kind is not ModelKind.CAUSAL_LM:
         raise NeuronLensError(
             f"{model.name}: its LM head transforms the hidden state (dense, activation, "
@@ -71,7 +74,7 @@ def _final_norm(model: NeuronModel, site: Site) -> torch.nn.Module:
     base = hf.base_model
     for name in ("norm", "ln_f", "final_layer_norm"):
         if hasattr(base, name):
-            return getattr(base, name)
+            return get_module(base, name)
     raise NeuronLensError(f"{model.name}: no final norm found on {type(base).__name__}")
 
 

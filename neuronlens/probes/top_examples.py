@@ -137,11 +137,6 @@ class TopExamplesProbe(Probe):
                 "encoder-decoder, or a prefix prompt): pick encoder sites"
             )
         acts = widen(sb.acts[..., self.neurons[sb.site.name].to(sb.acts.device)]).float().cpu()
-        if not bool(torch.isfinite(acts).all()):
-            raise NeuronLensError(
-                f"site {sb.site.name}: non-finite activations (NaN or inf); check the model's "
-                "weights and dtype before ranking examples"
-            )
         attn = layout.attention_mask.bool().cpu()
         idx, valid = self.rank_positions.select(PositionContext(layout, self.mask_token_id))
         if idx is None:
