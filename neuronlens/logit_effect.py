@@ -29,12 +29,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from neuronlens import checks
+import neuronlens.checks as checks
 from neuronlens.errors import MissingLMHeadError, NeuronLensError
 from neuronlens.models.families import ModelKind
 from neuronlens.models.model import NeuronModel
 from neuronlens.models.sites import Site
 from neuronlens.neurons import NeuronSet
+from neuronlens.pruning.surgery import get_module, is_conv1d
 
 
 @dataclass
@@ -54,8 +55,6 @@ class LogitEffect:
 
 def _final_norm(model: NeuronModel, site: Site) -> torch.nn.Module:
     """The raw HF final norm (unwrapped from the bridge) the unembedding reads."""
-    from neuronlens.pruning.surgery import get_module
-
     hf = model.hf_model
     if model.family.kind is ModelKind.ENCODER_DECODER:
         if site.stack != "decoder_blocks":
@@ -80,8 +79,6 @@ def _final_norm(model: NeuronModel, site: Site) -> torch.nn.Module:
 
 def _write_vector(model: NeuronModel, site: Site, neuron: int) -> Tensor:
     """Column ``neuron`` of the FFN's second linear (what one unit of activation writes)."""
-    from neuronlens.pruning.surgery import get_module, is_conv1d
-
     stack = next(s for s in model.stacks if s.bridge_name == site.stack)
     out = get_module(model.hf_ffn(site), stack.hf_out)
     if is_conv1d(out):

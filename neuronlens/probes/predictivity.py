@@ -390,8 +390,7 @@ def predictivity(
             cannot see the input are an error.
         one_vs_rest: for multi-class labels, the class probed against the rest (the dev
             labels must hold both classes, also after it).
-        compute_dtype: run the passes in this dtype (e.g. ``"float32"`` for a bfloat16
-            model on a CPU), casting the weights back afterwards; ``None``: the model's.
+        compute_dtype: run in this dtype (``"float32"``: a bf16 model on CPU), then cast back.
 
     Examples:
         >>> skill = predictivity(model, prompts, task, dev, train=train)  # doctest: +SKIP

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from neuronlens import checks
+import neuronlens.checks as checks
 from neuronlens.capture import AllTokens, CaptureData, Positions, SiteBatch, as_capture_data
 from neuronlens.errors import EmptyDataError, NeuronLensError, SiteError
 from neuronlens.io import json_text, write_text_atomic
@@ -44,6 +44,9 @@ from neuronlens.models.sites import Site
 from neuronlens.neurons import NeuronSet
 from neuronlens.positions import PositionContext
 from neuronlens.probes.base import Probe, ProbeRun, State, collect_state
+from neuronlens.prompts import PromptResult
+from neuronlens.prompts.heads import render_texts
+from neuronlens.tasks import get_task, list_tasks
 
 FORMAT = "neuronlens.top_examples"
 FORMAT_VERSION = 1
@@ -450,16 +453,11 @@ def _neuron_map(model: NeuronModel, neurons) -> dict[str, Tensor]:
 
 def _inputs(model, data, prompt, task, max_length):
     """``(CaptureData, prompt tensor or None, forward or None, prompt meta)``."""
-    from neuronlens.prompts import PromptResult
-    from neuronlens.prompts.heads import render_texts
-
     if isinstance(prompt, PromptResult):
         if not hasattr(data, "texts") or not hasattr(data, "task"):
             raise NeuronLensError("with a tuned prompt, data must be a task split (it is "
                                   "rendered with the task's template)")  # fmt: skip
         if task is None:
-            from neuronlens.tasks import get_task, list_tasks
-
             if data.task not in list_tasks():
                 raise NeuronLensError(f"task {data.task!r} is not registered: pass task=")
             task = get_task(data.task)
