@@ -230,9 +230,9 @@ def _capture_into(model, probe, state, cdata, chosen, run) -> None:
     )
 
 
-def compute_dtype_name(model: NeuronModel, run: ProbeRun) -> str:
-    """The name of the dtype ``run`` computes in on ``model``."""
-    target = resolve_dtype(run.compute_dtype)
+def compute_dtype_name(model: NeuronModel, compute_dtype) -> str:
+    """The name of the dtype a call with ``compute_dtype`` computes in on ``model``."""
+    target = resolve_dtype(compute_dtype)
     return dtype_name(model.dtype if target is None else target)
 
 
@@ -257,7 +257,9 @@ def run_probe(
     run = ProbeRun.of(run, **options)
     state, chosen, n = collect_state(model, probe, data, run=run, labels=labels,
                                      distributed=distributed)  # fmt: skip
-    info = ProbeInfo(model, n, {"compute_dtype": compute_dtype_name(model, run), **(meta or {})})
+    info = ProbeInfo(
+        model, n, {"compute_dtype": compute_dtype_name(model, run.compute_dtype), **(meta or {})}
+    )
     scores = probe.finish(state, chosen, info)
     return NeuronScores(
         {k: v.float() for k, v in scores.items()},

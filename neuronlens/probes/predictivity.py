@@ -424,7 +424,7 @@ def predictivity(
     same_n = len({p[2][chosen[0].name].shape for p in per_prompt}) == 1
     meta = _meta(prompts, positions, asked, dev, train, baselines, one_vs_rest)
     meta["model_dtype"] = dtype_name(model.dtype)
-    meta["compute_dtype"] = compute_dtype_name(model, ProbeRun(compute_dtype=compute_dtype))
+    meta["compute_dtype"] = compute_dtype_name(model, compute_dtype)
     task_name = getattr(dev, "task", getattr(task, "name", None))
     extra = {"accuracy": mean(1), **{f"baseline_{k}": p[3] for k, p in enumerate(per_prompt)}}
     return NeuronScores(
